@@ -1,0 +1,112 @@
+"""``bookcounter dataset ...``: the versioned COCO dataset store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from annotator.coco_import import read_coco
+from annotator.dataset_store import SPLITS, DatasetStore
+from bookcounter.settings import get_settings
+
+console = Console()
+dataset_app = typer.Typer(
+    help="Immutable, versioned COCO datasets under var/datasets (the contract between annotator and trainer).",
+    no_args_is_help=True,
+)
+
+
+def open_store() -> DatasetStore:
+    s = get_settings()
+    return DatasetStore(s.datasets_dir, s.test_fraction, s.val_fraction)
+
+
+@dataset_app.command("import-coco")
+def import_coco(
+    paths: list[Path] = typer.Argument(..., help="COCO instances JSON file(s); train.json/val.json/test.json give their split."),
+    images: Path = typer.Option(..., "--images", help="Folder that the files' image file_name entries are relative to."),
+    split: str | None = typer.Option(None, help="Put every image in this split (train, val or test) unless frozen already."),
+    source: str = typer.Option("", help="Source name recorded in the manifest (default: the folder name)."),
+    licence: str = typer.Option("", help="Licence of the source, recorded in the manifest."),
+    credit: str = typer.Option("", help="Credit line for the source, recorded in the manifest."),
+) -> None:
+    """Import COCO file(s) as a new dataset version on top of the latest one.
+
+    Polygons become RLE masks; bbox and area come from the mask; images are stored once by
+    sha256. Importing content equal to an existing version creates nothing and names it.
+    """
+    if split is not None and split not in SPLITS:
+        raise typer.BadParameter(f"split must be one of {', '.join(SPLITS)}")
+    items, warnings, totals = [], [], {"skipped_zero_area": 0, "clipped_polygons": 0}
+    for path in paths:
+        got, report = read_coco(path, images, split)
+        items += got
+        warnings += report["warnings"]
+        for k in totals:
+            totals[k] += report.get(k, 0)
+    for w in warnings[:10]:
+        console.print(f"[yellow]warning:[/] {w}")
+    if len(warnings) > 10:
+        console.print(f"[yellow]warning:[/] ... and {len(warnings) - 10} more")
+    result = open_store().commit(
+        items,
+        source={
+            "name": source or images.resolve().name,
+            "licence": licence,
+            "credit": credit,
+            "files": [str(p) for p in paths],
+        },
+        report=totals,
+    )
+    verb = "created" if result.created else "unchanged: same content as"
+    console.print(f"{verb} [bold]{result.version.name}[/]  {_summary(result.version.manifest())}")
+    if totals["skipped_zero_area"]:
+        console.print(f"skipped {totals['skipped_zero_area']} zero-area mask(s)")
+
+
+@dataset_app.command("list")
+def list_versions() -> None:
+    """List dataset versions with their counts per split."""
+    table = Table("version", "parent", "created", "train", "val", "test", "source")
+    for v in open_store().versions():
+        m = v.manifest()
+        c = m["counts"]
+        table.add_row(
+            v.name,
+            m["parent"] or "-",
+            m["created_at"],
+            *(f"{c[s]['images']} img / {c[s]['books']} books" for s in SPLITS),
+            m["source"].get("name", ""),
+        )
+    console.print(table)
+
+
+@dataset_app.command()
+def show(version: str = typer.Argument(..., help="Version name (v0001, 1 or 'latest').")) -> None:
+    """Show a version's manifest: provenance, counts and report (file hashes left out)."""
+    m = open_store().get(version).manifest()
+    m["files"] = f"{len(m['files'])} files with sha256 (see manifest.json)"
+    m["added"] = f"{len(m['added'])} images added"
+    console.print_json(data=m)
+
+
+@dataset_app.command()
+def verify(version: str = typer.Argument(..., help="Version name (v0001, 1 or 'latest').")) -> None:
+    """Recompute every hash of a version and name each file that changed; exit 1 if any."""
+    store = open_store()
+    v = store.get(version)
+    problems = store.verify(v.name)
+    for p in problems:
+        console.print(f"[red]changed:[/] {p}")
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"{v.name}: intact ({len(v.manifest()['files'])} files)")
+
+
+def _summary(m: dict) -> str:
+    c = m["counts"]
+    books = sum(c[s]["books"] for s in SPLITS)
+    return ", ".join(f"{c[s]['images']} {s}" for s in SPLITS) + f" photos, {books} books"

@@ -1,0 +1,133 @@
+"""Every path, port and tunable of bookcounter, from one object.
+
+Values come from environment variables named ``BOOKCOUNTER_<FIELD>`` (for example
+``BOOKCOUNTER_STATE_DIR=/data/bookcounter``), then from a ``.env`` file in the working
+directory, then from the defaults below. All state lives under ``state_dir`` (``var/`` in
+the repository by default); nothing is written anywhere else except the OS temp dir.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BOOKCOUNTER_", env_file=".env", extra="ignore")
+
+    # --- where things live -------------------------------------------------------------
+    state_dir: Path = Field(REPO_ROOT / "var", description="Root of all mutable state.")
+    sample_dir: Path = Field(
+        REPO_ROOT.parent / "shared" / "data" / "open-shelves",
+        description="COCO sample (open-shelves) imported by the demo.",
+    )
+
+    # --- dataset store -----------------------------------------------------------------
+    test_fraction: float = Field(0.15, ge=0, lt=1, description="Share of new unsplit images sent to test.")
+    val_fraction: float = Field(0.15, ge=0, lt=1, description="Share of new unsplit images sent to val.")
+
+    # --- SAM -------------------------------------------------------------------------------
+    sam_model_type: str = Field("vit_t", description="vit_t (MobileSAM), vit_b, vit_l or vit_h.")
+    sam_checkpoint: Path | None = Field(None, description="SAM checkpoint; else looked up in models_dir.")
+    embedding_cache_mb: int = Field(2048, description="Size bound of the on-disk SAM embedding cache.")
+
+    # --- Label Studio --------------------------------------------------------------------
+    ls_host: str = "127.0.0.1"
+    ls_port: int = 8089
+    ls_username: str = "admin@bookcounter.local"
+    ls_password: str = "bookcounter-admin"
+    ls_token: str = "bookcounter0token0for0label0studio0000001"
+    ls_project_title: str = "Books"
+    ls_venv: Path = Field(REPO_ROOT / ".venv-labelstudio", description="Venv holding the Label Studio server.")
+    ls_database_url: str | None = Field(
+        None, description="postgresql://user:pw@host:port/db to use PostgreSQL instead of SQLite."
+    )
+
+    # --- ML backend (interactive SAM in Label Studio) ------------------------------------
+    ml_backend_host: str = "127.0.0.1"
+    ml_backend_port: int = 9090
+    retrain_every_n_annotations: int = Field(20, description="Start the loop after this many new annotations; 0 = off.")
+
+    # --- training / registry -------------------------------------------------------------
+    mlflow_experiment: str = "bookcounter"
+    registered_model_name: str = "bookcounter-maskrcnn"
+    promote_mae_margin: float = Field(0.0, ge=0, description="Candidate count MAE must beat the champion's by more than this.")
+    promote_ap_tolerance: float = Field(0.02, ge=0, description="Candidate mask AP may fall by at most this much.")
+
+    # --- serving ---------------------------------------------------------------------------
+    serve_host: str = "127.0.0.1"
+    serve_port: int = 8000
+    reload_poll_seconds: float = 5.0
+    max_upload_mb: float = 20.0
+    max_megapixels: float = 50.0
+
+    # --- prefect ---------------------------------------------------------------------------
+    prefect_port: int = 4200
+    mlflow_ui_port: int = 5000
+
+    # --- derived paths (not settable on their own: move state_dir instead) ----------------
+    @property
+    def datasets_dir(self) -> Path:
+        return self.state_dir / "datasets"
+
+    @property
+    def inbox_dir(self) -> Path:
+        return self.state_dir / "inbox"
+
+    @property
+    def models_dir(self) -> Path:
+        """Downloaded checkpoints (SAM, torchvision hub cache)."""
+        return self.state_dir / "models"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.state_dir / "cache" / "embeddings"
+
+    @property
+    def ls_data_dir(self) -> Path:
+        return self.state_dir / "label-studio"
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.state_dir / "mlflow"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
+
+    @property
+    def runs_dir(self) -> Path:
+        """Training run working dirs (checkpoints, reports)."""
+        return self.state_dir / "runs"
+
+    @property
+    def decision_log(self) -> Path:
+        return self.state_dir / "registry" / "decisions.jsonl"
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.state_dir / "prefect"
+
+    @property
+    def run_dir(self) -> Path:
+        """Pid files and logs of the servers bookcounter starts."""
+        return self.state_dir / "run"
+
+    @property
+    def ls_url(self) -> str:
+        return f"http://{self.ls_host}:{self.ls_port}"
+
+    @property
+    def ml_backend_url(self) -> str:
+        return f"http://{self.ml_backend_host}:{self.ml_backend_port}"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing env."""
+    return Settings()

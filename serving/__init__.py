@@ -1,0 +1,1 @@
+"""Serving: the HTTP API and web page that count books with the champion model."""

@@ -1,0 +1,1 @@
+"""Trainer: Mask R-CNN training, evaluation, the MLflow model registry and promotion."""
