@@ -1,0 +1,149 @@
+"""Trainer: training, prediction, evaluation, bad input (tiny synthetic data, CPU)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from annotator.dataset_store import DatasetError, DatasetStore, NewImage
+from bookcounter import masks as rle
+from fixtures_trainer import make_synthetic_store, synthetic_photo, tiny_train_config
+from trainer.evaluate import choose_threshold, count_errors, metrics
+from trainer.model import CheckpointError, ModelConfig, build_model, load_init
+from trainer.predictor import Predictor
+from trainer.train import train
+
+
+def test_loss_falls_over_training(tiny_model_dir: Path) -> None:
+    meta = json.loads((tiny_model_dir / "model.json").read_text())
+    losses = [row["loss"] for row in meta["history"]]
+    assert len(meta["iter_losses"]) >= 30
+    assert min(losses[-3:]) < 0.6 * losses[0], losses
+
+
+def test_model_json_has_the_contract(tiny_model_dir: Path, tiny_dataset) -> None:
+    meta = json.loads((tiny_model_dir / "model.json").read_text())
+    assert meta["dataset_version"] == tiny_dataset.version.name
+    assert meta["manifest_hash"] == tiny_dataset.version.manifest()["content_hash"]
+    assert 0 < meta["threshold"] < 1
+    assert {"val_count_mae", "val_segm_AP", "val_bbox_AP50"} <= set(meta["metrics"])
+    assert ModelConfig.from_dict(meta["model"]).backbone == "resnet18_fpn"
+
+
+def test_predictor_finds_books_in_original_coordinates(tiny_model_dir: Path) -> None:
+    predictor = Predictor(tiny_model_dir, device="cpu")
+    photo, truth = synthetic_photo(seed=123, n_books=4)
+    big = photo.resize((photo.width * 2, photo.height * 2))  # larger than the model's input
+    instances = predictor.predict(big, threshold=0.05)
+    assert instances and all(i.mask.shape == (big.height, big.width) and i.mask.dtype == bool for i in instances)
+    assert all(0 <= i.box[0] < i.box[2] <= big.width and 0 <= i.box[1] < i.box[3] <= big.height for i in instances)
+    assert [i.score for i in instances] == sorted((i.score for i in instances), reverse=True)
+    # the mask head fills a given book's box with that book (scaled 2x like the photo)
+    ys, xs = np.nonzero(truth[0])
+    box = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float32) * 2
+    masks = predictor.masks_for_boxes(big, box)
+    assert masks.shape == (1, big.height, big.width)
+    big_truth = np.asarray(Image.fromarray(truth[0]).resize(big.size)) > 0
+    iou = (masks[0] & big_truth).sum() / (masks[0] | big_truth).sum()
+    assert iou > 0.5, iou
+    assert predictor.masks_for_boxes(big, np.zeros((0, 4))).shape == (0, big.height, big.width)
+
+
+def test_perfect_prediction_scores_ap_one_and_mae_zero(tiny_dataset) -> None:
+    gt = tiny_dataset.version.coco("test")
+    perfect = [
+        {"image_id": a["image_id"], "category_id": 1, "segmentation": a["segmentation"], "bbox": a["bbox"], "score": 1.0}
+        for a in gt["annotations"]
+    ]
+    m = metrics(gt, perfect, threshold=0.5)
+    assert m["segm_AP"] == pytest.approx(1.0) and m["bbox_AP"] == pytest.approx(1.0)
+    assert m["segm_AP50"] == pytest.approx(1.0)
+    assert m["count_mae"] == 0 and m["count_rmse"] == 0 and m["count_mre"] == 0
+    # one extra low-score false positive per photo: the threshold chosen on this split drops it
+    noisy = perfect + [{**p, "bbox": [0, 0, 5, 5], "segmentation": rle.encode(np.pad(np.ones((5, 5), bool), ((0, 91), (0, 91)))), "score": 0.3} for p in perfect[:1]]
+    assert choose_threshold(gt, noisy) > 0.3
+
+
+def test_count_errors() -> None:
+    e = count_errors([10, 4, 0], [8, 4, 1])
+    assert e["count_mae"] == pytest.approx(1.0)
+    assert e["count_rmse"] == pytest.approx((5 / 3) ** 0.5)
+    assert e["count_mre"] == pytest.approx((0.2 + 0 + 1.0) / 3)
+
+
+def _resume_config(dataset: str):
+    cfg = tiny_train_config(dataset, epochs=2, seed=7)
+    cfg.model.image_size = 64
+    return cfg
+
+
+def test_resume_after_a_forced_stop_matches_an_unbroken_run(tmp_path: Path) -> None:
+    ds = make_synthetic_store(tmp_path / "ds", {"train": 4}, seed=3)
+    cfg = _resume_config(ds.version.name)
+    unbroken = train(cfg, ds.store, tmp_path / "a", progress=False, log=lambda _: None)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first_epoch(epoch: int, row: dict) -> None:
+        if epoch == 0:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, ds.store, tmp_path / "b", progress=False, on_epoch=kill_after_first_epoch, log=lambda _: None)
+    resumed = train(cfg, ds.store, tmp_path / "b", resume=True, progress=False, log=lambda _: None)
+    assert [r["loss"] for r in resumed.history] == pytest.approx([r["loss"] for r in unbroken.history])
+    a, b = unbroken.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+
+
+def test_empty_train_split_and_tampered_version_are_clear_errors(tmp_path: Path) -> None:
+    ds = make_synthetic_store(tmp_path / "ds", {"val": 2})
+    with pytest.raises(DatasetError, match="train split is empty"):
+        train(tiny_train_config(ds.version.name), ds.store, tmp_path / "run", progress=False)
+    ds2 = make_synthetic_store(tmp_path / "ds2", {"train": 2})
+    img = next((ds2.store.root / "images").iterdir())
+    os.chmod(img, 0o644)
+    img.write_bytes(img.read_bytes() + b"x")
+    with pytest.raises(DatasetError, match="fails verify"):
+        train(tiny_train_config(ds2.version.name), ds2.store, tmp_path / "run2", progress=False)
+
+
+def test_photo_without_books_trains(tmp_path: Path) -> None:
+    photo, truth = synthetic_photo(seed=5, n_books=2)
+    empty, _ = synthetic_photo(seed=6, n_books=0)
+    items = []
+    for name, img, ms in (("books.png", photo, truth), ("empty.png", empty, [])):
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        items.append(NewImage(buf.getvalue(), name, [rle.encode(m) for m in ms], split="train"))
+    store = DatasetStore(tmp_path / "ds")
+    store.commit(items, source={"name": "t"})
+    cfg = tiny_train_config("v0001", epochs=1)
+    cfg.model.image_size = 64
+    result = train(cfg, store, tmp_path / "run", progress=False, log=lambda _: None)
+    assert np.isfinite(result.history[0]["loss"])
+
+
+def test_init_file_checks_readability_and_shapes(tmp_path: Path, tiny_model_dir: Path) -> None:
+    cfg = tiny_train_config("v0001").model
+    model = build_model(cfg)
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_init(model, cfg, str(corrupt), tmp_path)
+    other = ModelConfig(backbone="resnet18_fpn", image_size=96, width=48)
+    with pytest.raises(CheckpointError, match="does not fit this architecture"):
+        load_init(build_model(other), other, str(tiny_model_dir / "model.pt"), tmp_path)
+    assert load_init(model, cfg, str(tiny_model_dir / "model.pt"), tmp_path) == "file:model.pt"
+    # coco/imagenet weights are never downloaded: an empty hub cache means "train from scratch"
+    assert load_init(model, cfg, "imagenet", tmp_path) == ""
+    shutil.rmtree(tmp_path, ignore_errors=True)

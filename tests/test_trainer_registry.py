@@ -1,0 +1,87 @@
+"""MLflow registry and champion/challenger promotion (real SQLite MLflow store in the session state dir)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bookcounter.settings import get_settings
+
+
+@pytest.fixture
+def own_model_name(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, tiny_dataset) -> Iterator[str]:
+    """A registered-model name of this test's own (same MLflow store), the tiny dataset as the store."""
+    name = f"test-{request.node.name}"
+    monkeypatch.setenv("BOOKCOUNTER_REGISTERED_MODEL_NAME", name)
+    monkeypatch.setattr("annotator.cli.open_store", lambda: tiny_dataset.store)
+    get_settings.cache_clear()
+    yield name
+    get_settings.cache_clear()
+
+
+def _variant(src: Path, dst: Path, threshold: float | None = None, corrupt: bool = False) -> Path:
+    shutil.copytree(src, dst)
+    if threshold is not None:
+        meta = json.loads((dst / "model.json").read_text())
+        meta["threshold"] = threshold
+        (dst / "model.json").write_text(json.dumps(meta))
+    if corrupt:
+        (dst / "model.pt").write_bytes(b"\x00garbage")
+    return dst
+
+
+def test_tiny_champion_loads_as_predictor(tiny_champion) -> None:
+    from trainer import registry
+
+    assert registry.champion().version == tiny_champion.version
+    predictor = registry.load_predictor()
+    assert predictor.model_version == tiny_champion.version
+    assert (registry.model_dir(tiny_champion.version) / "model.pt").is_file()
+    assert tiny_champion.metrics["val_count_mae"] >= 0
+
+
+def test_promotion_rules_and_history(
+    own_model_name: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer import registry
+    from trainer.promote import history, promote
+
+    # "blind": the same network counting nothing (threshold above every score): count MAE = mean count
+    blind = registry.register(_variant(tiny_model_dir, tmp_path / "blind" / "model", threshold=1.01))
+    first = promote(blind.version, progress=False)
+    assert first["decision"] == "rejected" and "baseline" in first["reason"]
+    assert registry.champion() is None
+
+    registry.set_champion(blind.version)  # a weak champion to challenge
+    good = registry.register(tiny_model_dir)
+    better = promote(good.version, progress=False)
+    assert better["decision"] == "promoted", better["reason"]
+    assert better["candidate_metrics"]["count_mae"] < better["champion_metrics"]["count_mae"]
+    assert registry.champion().version == good.version
+
+    tie = promote(registry.register(tiny_model_dir).version, progress=False)
+    assert tie["decision"] == "rejected" and tie["candidate_metrics"]["count_mae"] == tie["champion_metrics"]["count_mae"]
+    worse = promote(registry.register(_variant(tiny_model_dir, tmp_path / "worse" / "model", threshold=1.01)).version, progress=False)
+    assert worse["decision"] == "rejected"
+    corrupt = registry.register(_variant(tiny_model_dir, tmp_path / "corrupt" / "model", corrupt=True))
+    broken = promote(corrupt.version, progress=False)
+    assert broken["decision"] == "rejected" and "evaluation failed" in broken["reason"]
+    assert registry.champion().version == good.version
+
+    log = history()
+    assert [e["decision"] for e in log] == ["rejected", "promoted", "rejected", "rejected", "rejected"]
+    assert all(e["dataset_version"] == "v0001" and e["split"] == "test" for e in log)
+    tags = registry._client().get_model_version(own_model_name, corrupt.version).tags
+    assert tags["promotion.decision"] == "rejected" and "evaluation failed" in tags["promotion.reason"]
+
+    from bookcounter.cli import app
+
+    monkeypatch.setenv("COLUMNS", "400")
+    out = CliRunner().invoke(app, ["registry", "history"])
+    assert out.exit_code == 0, out.output
+    assert out.output.count("rejected") == 4 and "promoted" in out.output

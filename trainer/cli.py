@@ -1,0 +1,192 @@
+"""``bookcounter train | evaluate | promote | registry ... | ui mlflow``."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from bookcounter.errors import UserError
+from bookcounter.settings import get_settings
+
+console = Console()
+registry_app = typer.Typer(help="The MLflow model registry: versions, the champion and the promotion history.", no_args_is_help=True)
+
+# CPU default recipe = the ModelConfig/TrainConfig defaults (README "Trainer"); CUDA gets the usual ResNet50-FPN.
+CPU_DEFAULTS = {"backbone": "mobilenet_v3_fpn", "image_size": 512, "norm": "gn", "width": 128, "epochs": 12, "lr": 1e-3}
+CUDA_DEFAULTS = {"backbone": "resnet50_fpn", "image_size": 800, "norm": "gn", "width": 256, "epochs": 24, "lr": 3e-4}
+
+
+def train_command(
+    dataset: str = typer.Option("latest", "--dataset", help="Dataset version to train on (v0001, 1 or latest)."),
+    backbone: str = typer.Option(None, help="resnet50_fpn, resnet18_fpn or mobilenet_v3_fpn (default: by device)."),
+    epochs: int = typer.Option(None, min=1, help="Passes over the train split."),
+    image_size: int = typer.Option(None, "--image-size", min=64, help="Longer side of the network input in pixels."),
+    norm: str = typer.Option(None, help="gn, bn or frozen_bn (frozen_bn only with pretrained --init)."),
+    width: int = typer.Option(None, min=16, help="FPN / mask-head channels (standard 256)."),
+    lr: float = typer.Option(None, help="Peak AdamW learning rate (warmup, then cosine)."),
+    batch_size: int = typer.Option(2, "--batch-size", min=1),
+    device: str = typer.Option(None, help="cpu or cuda (default: cuda when available; AMP on cuda)."),
+    init: str = typer.Option("none", help="none, coco, imagenet (from the torch hub cache) or a checkpoint FILE."),
+    seed: int = typer.Option(0, help="Seed for init, shuffling, augmentation and sampling."),
+    max_minutes: float = typer.Option(None, "--max-minutes", help="Stop after the epoch that crosses this budget."),
+    run_name: str = typer.Option(None, "--run-name", help="Folder under var/runs (default: from dataset, backbone, size, seed)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run's last checkpoint (same settings, same result)."),
+    register: bool = typer.Option(True, "--register/--no-register", help="Log the run in MLflow and register the model."),
+) -> None:
+    """Train Mask R-CNN on the train split of a dataset version; choose the counting threshold on val; register it.
+
+    Checkpoints after every epoch under var/runs/<run-name>; --resume continues after a kill.
+    """
+    import torch
+
+    from annotator.cli import open_store
+    from trainer.model import ModelConfig
+    from trainer.train import TrainConfig, default_device, train_and_save
+
+    s = get_settings()
+    dev = device or default_device()
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device here (use --device cpu)")
+    d = CUDA_DEFAULTS if dev.startswith("cuda") else CPU_DEFAULTS
+    store = open_store()
+    version = store.get(dataset)
+    model = ModelConfig(
+        backbone=backbone or d["backbone"],
+        image_size=image_size or d["image_size"],
+        norm=norm or d["norm"],
+        width=width or d["width"],
+    )
+    cfg = TrainConfig(
+        dataset=version.name,
+        model=model,
+        epochs=epochs or d["epochs"],
+        batch_size=batch_size,
+        lr=lr or d["lr"],
+        seed=seed,
+        device=dev,
+        init=init,
+        max_minutes=max_minutes,
+    )
+    name = run_name or f"{version.name}-{model.backbone}-{model.image_size}px-s{seed}"
+    run_dir = s.runs_dir / name
+    torch.hub.set_dir(str(s.models_dir / "torch"))
+    out = train_and_save(cfg, store, run_dir, resume=resume, hub_dir=s.models_dir / "torch", log=console.print)
+    console.print(f"model: {out}")
+    if register:
+        from trainer import plots, registry
+
+        meta = json.loads((out / "model.json").read_text())
+        plots_dir = run_dir / "plots"
+        plots_dir.mkdir(exist_ok=True)
+        plots.loss_curves(meta["history"], meta["iter_losses"], plots_dir / "loss_curves.png")
+        info = registry.register(out, plots_dir)
+        console.print(f"registered version [bold]{info.version}[/] (run {info.run_id}); next: bookcounter promote --candidate {info.version}")
+
+
+def evaluate_command(
+    model: str = typer.Option("champion", "--model", help="Registered version, 'champion', or a model directory."),
+    dataset: str = typer.Option(None, "--dataset", help="Dataset version (default: the model's own)."),
+    split: str = typer.Option("test", help="train, val or test."),
+    out: Path = typer.Option(None, help="Report folder (default: var/runs/eval-<model>-<dataset>-<split>)."),
+    device: str = typer.Option(None, help="cpu or cuda."),
+) -> None:
+    """COCO mask/box AP and count MAE/RMSE/relative error on a split; writes report.json and PNGs."""
+    from annotator.cli import open_store
+    from trainer import registry
+    from trainer.evaluate import evaluate_model
+
+    s = get_settings()
+    if Path(model).is_dir():
+        model_dir, label = Path(model), Path(model).name
+    else:
+        info = registry.get(model)
+        model_dir, label = registry.model_dir(info.version), f"v{info.version}"
+    own = json.loads((model_dir / "model.json").read_text())["dataset_version"]
+    version = open_store().get(dataset or own)
+    out = out or s.runs_dir / f"eval-{label}-{version.name}-{split}"
+    report = evaluate_model(model_dir, version, split, out_dir=out, device=device)
+    table = Table("metric", "value")
+    for k, v in report["metrics"].items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(table)
+    console.print(f"report: {out / 'report.json'}")
+
+
+def promote_command(
+    candidate: str = typer.Option(..., "--candidate", help="Registered model version to judge."),
+    device: str = typer.Option(None, help="cpu or cuda."),
+) -> None:
+    """Evaluate the candidate and the champion on the candidate's test split; promote only if better.
+
+    Rule: count MAE better by more than settings.promote_mae_margin and mask AP not lower by
+    more than settings.promote_ap_tolerance; the first model must beat the train-median baseline.
+    Every decision is logged (var/registry/decisions.jsonl and tags on the model version).
+    """
+    from trainer.promote import promote
+
+    entry = promote(candidate, device=device)
+    colour = "green" if entry["decision"] == "promoted" else "yellow"
+    console.print(f"[{colour}]{entry['decision']}[/] version {entry['candidate']}: {entry['reason']}")
+
+
+@registry_app.command("history")
+def history_command() -> None:
+    """Every promotion decision: when, candidate, champion, metrics, decision and reason."""
+    from trainer.promote import history
+
+    table = Table("time", "candidate", "champion", "dataset", "cand MAE", "champ MAE", "cand AP", "champ AP", "decision", "reason")
+
+    def num(m: dict | None, key: str) -> str:
+        return f"{m[key]:.3f}" if m and key in m else "-"
+
+    for e in history():
+        table.add_row(
+            datetime.fromisoformat(e["time"]).strftime("%Y-%m-%d %H:%M"),
+            e["candidate"],
+            e["champion"] or "-",
+            e["dataset_version"] or "-",
+            num(e["candidate_metrics"], "count_mae"),
+            num(e["champion_metrics"], "count_mae") if e["champion_metrics"] else (f"base {e['baseline_count_mae']:.3f}" if e["baseline_count_mae"] is not None else "-"),
+            num(e["candidate_metrics"], "segm_AP"),
+            num(e["champion_metrics"], "segm_AP"),
+            e["decision"],
+            e["reason"],
+        )
+    Console().print(table)  # a fresh console: the terminal width of now
+
+
+@registry_app.command("list")
+def list_command() -> None:
+    """Registered model versions with their dataset version and val metrics; marks the champion."""
+    from trainer import registry
+
+    champ = registry.champion()
+    table = Table("version", "dataset", "val count MAE", "val mask AP", "champion")
+    for info in registry.versions():
+        m = info.metrics
+        table.add_row(
+            info.version,
+            info.dataset_version,
+            f"{m['val_count_mae']:.3f}" if "val_count_mae" in m else "-",
+            f"{m['val_segm_AP']:.3f}" if "val_segm_AP" in m else "-",
+            "*" if champ and champ.version == info.version else "",
+        )
+    console.print(table)
+
+
+def mlflow_ui() -> None:
+    """Start the MLflow UI on 127.0.0.1 (settings.mlflow_ui_port) over the SQLite store; Ctrl-C stops it."""
+    import subprocess
+    import sys
+
+    s = get_settings()
+    s.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(s.mlflow_ui_port),
+           "--backend-store-uri", s.mlflow_tracking_uri, "--default-artifact-root", (s.mlflow_dir / "artifacts").as_uri()]
+    console.print(f"MLflow UI on http://127.0.0.1:{s.mlflow_ui_port}")
+    raise typer.Exit(subprocess.call(cmd))

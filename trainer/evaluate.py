@@ -1,0 +1,167 @@
+"""COCO AP (segm + bbox, pycocotools) and count error of a model on one split of a dataset version.
+
+Detections are COCO result dicts (``image_id``, ``category_id``, ``segmentation`` RLE,
+``bbox`` xywh, ``score``), kept down to :data:`MIN_SCORE` so AP sees the whole ranking.
+The count of a photo is the number of detections with score >= the model's threshold; the
+threshold is chosen on ``val`` (:func:`choose_threshold`) and never on ``test``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from annotator.dataset_store import DatasetVersion
+from bookcounter import masks as rle
+from bookcounter.images import read_image
+
+MIN_SCORE = 0.05
+THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]  # 0.05 .. 0.95
+
+
+def detect(predictor, version: DatasetVersion, split: str, progress: bool = True) -> list[dict[str, Any]]:
+    """Run ``predictor`` (a :class:`trainer.predictor.Predictor`) on every photo of ``split``."""
+    results = []
+    images = version.coco(split)["images"]
+    for im in tqdm(images, desc=f"predicting {split}", disable=not progress, leave=False):
+        photo = read_image(version.image_path(im))
+        for inst in predictor.predict(photo, threshold=MIN_SCORE):
+            x0, y0, x1, y1 = inst.box
+            results.append(
+                {
+                    "image_id": im["id"],
+                    "category_id": 1,
+                    "segmentation": rle.encode(inst.mask),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": inst.score,
+                }
+            )
+    return results
+
+
+def coco_ap(gt: dict[str, Any], results: list[dict[str, Any]], iou_type: str) -> dict[str, float]:
+    """AP, AP50, AP75 over all areas, up to 300 detections per photo (shelves hold many books)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    if not results or not gt["annotations"]:
+        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = {k: gt[k] for k in ("images", "annotations", "categories")}
+        coco_gt.createIndex()
+        coco_dt = coco_gt.loadRes([dict(r) for r in results])
+        ev = COCOeval(coco_gt, coco_dt, iou_type)
+        ev.params.maxDets = [1, 10, 300]
+        ev.evaluate()
+        ev.accumulate()
+    precision = ev.eval["precision"][:, :, 0, 0, -1]  # IoU x recall, class book, area all, 300 dets
+
+    def mean(p: np.ndarray) -> float:
+        valid = p[p > -1]
+        return float(valid.mean()) if valid.size else 0.0
+
+    ious = list(np.round(ev.params.iouThrs, 2))
+    return {"AP": mean(precision), "AP50": mean(precision[ious.index(0.5)]), "AP75": mean(precision[ious.index(0.75)])}
+
+
+def true_counts(gt: dict[str, Any]) -> dict[int, int]:
+    counts = {im["id"]: 0 for im in gt["images"]}
+    for a in gt["annotations"]:
+        counts[a["image_id"]] += 1
+    return counts
+
+
+def predicted_counts(gt: dict[str, Any], results: list[dict[str, Any]], threshold: float) -> dict[int, int]:
+    counts = {im["id"]: 0 for im in gt["images"]}
+    for r in results:
+        if r["score"] >= threshold:
+            counts[r["image_id"]] += 1
+    return counts
+
+
+def count_errors(true: list[int], pred: list[int]) -> dict[str, float]:
+    """MAE, RMSE and mean relative error (|pred - true| / max(true, 1)) per photo."""
+    if not true:
+        return {"count_mae": 0.0, "count_rmse": 0.0, "count_mre": 0.0}
+    err = [p - t for t, p in zip(true, pred)]
+    return {
+        "count_mae": sum(abs(e) for e in err) / len(err),
+        "count_rmse": math.sqrt(sum(e * e for e in err) / len(err)),
+        "count_mre": sum(abs(e) / max(t, 1) for e, t in zip(err, true)) / len(err),
+    }
+
+
+def choose_threshold(gt: dict[str, Any], results: list[dict[str, Any]], default: float = 0.5) -> float:
+    """The score threshold with the lowest count MAE on this (val) split; ties go to the higher one."""
+    if not gt["images"]:
+        return default
+    truth = true_counts(gt)
+    ids = list(truth)
+    best = min(
+        THRESHOLDS,
+        key=lambda t: (count_errors([truth[i] for i in ids], [predicted_counts(gt, results, t)[i] for i in ids])["count_mae"], -t),
+    )
+    return best
+
+
+def metrics(gt: dict[str, Any], results: list[dict[str, Any]], threshold: float) -> dict[str, float]:
+    """Every number of a report: segm/bbox AP, AP50, AP75 and count MAE/RMSE/MRE at ``threshold``."""
+    out: dict[str, float] = {}
+    for iou_type in ("segm", "bbox"):
+        for k, v in coco_ap(gt, results, iou_type).items():
+            out[f"{iou_type}_{k}"] = v
+    truth, pred = true_counts(gt), predicted_counts(gt, results, threshold)
+    out.update(count_errors([truth[i] for i in truth], [pred[i] for i in truth]))
+    out["images"] = len(gt["images"])
+    out["threshold"] = threshold
+    return out
+
+
+def baseline_count_mae(version: DatasetVersion, split: str) -> float:
+    """Count MAE on ``split`` of always predicting the median train count."""
+    median = statistics.median(true_counts(version.coco("train")).values() or [0])
+    truth = list(true_counts(version.coco(split)).values())
+    return count_errors(truth, [median] * len(truth))["count_mae"]
+
+
+def evaluate_model(
+    model_dir: Path,
+    version: DatasetVersion,
+    split: str = "test",
+    out_dir: Path | None = None,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a model directory on ``split``; with ``out_dir`` also write report.json and the PNGs."""
+    from trainer.predictor import Predictor
+
+    predictor = Predictor(model_dir, device=device)
+    gt = version.coco(split)
+    results = detect(predictor, version, split, progress)
+    m = metrics(gt, results, predictor.threshold)
+    m["baseline_count_mae"] = baseline_count_mae(version, split)
+    report = {"model": str(model_dir), "dataset": version.name, "split": split, "metrics": m}
+    if out_dir is not None:
+        from trainer import plots
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        truth, pred = true_counts(gt), predicted_counts(gt, results, predictor.threshold)
+        report["plots"] = [
+            plots.loss_curves(predictor.meta.get("history", []), predictor.meta.get("iter_losses", []), out_dir / "loss_curves.png"),
+            plots.count_scatter([truth[i] for i in truth], [pred[i] for i in truth], out_dir / "count_scatter.png"),
+            plots.worst_photos(version, gt, results, predictor.threshold, out_dir / "worst_photos.png"),
+        ]
+        report["per_image"] = [
+            {"file_name": im["file_name"], "true": truth[im["id"]], "predicted": pred[im["id"]]} for im in gt["images"]
+        ]
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report

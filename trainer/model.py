@@ -1,0 +1,257 @@
+"""Mask R-CNN builders: one registry of backbones, one function that builds the detector.
+
+All builders start from random weights; :func:`load_init` puts weights in afterwards
+(torchvision's COCO / ImageNet weights from the local torch hub cache, or a user's file).
+
+Choices for training from scratch (see README "Trainer"):
+- norm layer: FrozenBatchNorm2d (torchvision's default) only works with pretrained
+  statistics, so from scratch we use GroupNorm (batch-size independent: with 2 photos per
+  batch BatchNorm statistics are noise) or BatchNorm, in the backbone, the FPN and the heads.
+- anchors: books are tall thin spines (and some lying flat), so five aspect ratios
+  h/w = 0.25..4 instead of 0.5..2, and sizes scaled to the input size.
+- detections: a shelf photo holds 20-60+ books, so up to 200 detections per photo.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import misc as misc_nn_ops
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from bookcounter.errors import UserError
+
+ASPECT_RATIOS = (0.25, 0.5, 1.0, 2.0, 4.0)  # h / w
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be read or does not fit the architecture."""
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the network (stored in model.json)."""
+
+    backbone: str = "mobilenet_v3_fpn"  # the CPU default (README "Trainer"); resnet50_fpn on CUDA
+    image_size: int = 512  # the longer side of the network input
+    num_classes: int = 2  # background + book
+    norm: str = "gn"  # gn | bn | frozen_bn (frozen_bn only with pretrained weights)
+    width: int = 128  # FPN and mask-head channels (torchvision's standard: 256)
+    rois_per_img: int = 128  # sampled RoIs per photo for the box head in training (standard: 512)
+    detections_per_img: int = 200
+    aspect_ratios: tuple[float, ...] = ASPECT_RATIOS
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if "aspect_ratios" in known:
+            known["aspect_ratios"] = tuple(known["aspect_ratios"])
+        return cls(**known)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    build: Callable[..., nn.Module]  # (norm layer, FPN norm layer, FPN width) -> backbone with FPN
+    num_levels: int  # FPN outputs incl. the pool level
+    imagenet_weights: str | None  # torchvision weight enum name of the plain classifier
+    coco_weights: str | None = None  # full Mask R-CNN weights, if torchvision has them
+
+
+def _resnet(name: str, norm_layer: Callable[..., nn.Module], fpn_norm: Callable[..., nn.Module] | None, width: int) -> nn.Module:
+    from torchvision.models import resnet
+
+    body = resnet.__dict__[name](weights=None, norm_layer=norm_layer)
+    channels = [body.inplanes // 8 * 2 ** (i - 1) for i in (1, 2, 3, 4)]
+    layers = {f"layer{i}": str(i - 1) for i in (1, 2, 3, 4)}
+    return BackboneWithFPN(body, layers, channels, width, extra_blocks=LastLevelMaxPool(), norm_layer=fpn_norm)
+
+
+def _mobilenet(name: str, norm_layer: Callable[..., nn.Module], fpn_norm: Callable[..., nn.Module] | None, width: int) -> nn.Module:
+    from torchvision.models import mobilenet
+
+    features = mobilenet.__dict__[name](weights=None, norm_layer=norm_layer).features
+    # the last three strided stages (1/8, 1/16, 1/32) + pool: thin spines need the 1/8 level
+    stages = [i for i, b in enumerate(features) if getattr(b, "_is_cn", False)] + [len(features) - 1]
+    picked = stages[-3:]
+    layers = {str(k): str(v) for v, k in enumerate(picked)}
+    channels = [features[k].out_channels for k in picked]
+    return BackboneWithFPN(features, layers, channels, width, extra_blocks=LastLevelMaxPool(), norm_layer=fpn_norm)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    "resnet50_fpn": BackboneSpec(
+        partial(_resnet, "resnet50"), 5, "ResNet50_Weights.IMAGENET1K_V1", "MaskRCNN_ResNet50_FPN_Weights.COCO_V1"
+    ),
+    "resnet18_fpn": BackboneSpec(partial(_resnet, "resnet18"), 5, "ResNet18_Weights.IMAGENET1K_V1"),
+    "mobilenet_v3_fpn": BackboneSpec(
+        partial(_mobilenet, "mobilenet_v3_large"), 4, "MobileNet_V3_Large_Weights.IMAGENET1K_V1"
+    ),
+}
+
+
+def _norm_layer(norm: str) -> Callable[..., nn.Module]:
+    if norm == "gn":
+        return partial(_group_norm, 32)
+    if norm == "bn":
+        return nn.BatchNorm2d
+    if norm == "frozen_bn":
+        return misc_nn_ops.FrozenBatchNorm2d
+    raise UserError(f"unknown norm {norm!r} (use gn, bn or frozen_bn)")
+
+
+def _group_norm(groups: int, channels: int, **_: Any) -> nn.GroupNorm:
+    """GroupNorm that fits channel counts not divisible by 32 (MobileNet has 16, 24, 72...)."""
+    g = groups
+    while channels % g:
+        g //= 2
+    return nn.GroupNorm(g, channels)
+
+
+def build_model(config: ModelConfig) -> MaskRCNN:
+    """A randomly initialised Mask R-CNN for ``config``."""
+    if config.backbone not in BACKBONES:
+        raise UserError(f"unknown backbone {config.backbone!r} (known: {', '.join(BACKBONES)})")
+    spec = BACKBONES[config.backbone]
+    norm_layer = _norm_layer(config.norm)
+    head_norm = None if config.norm == "frozen_bn" else norm_layer
+    backbone = spec.build(norm_layer, head_norm, config.width)
+    # anchor sizes scale with the input: 16..256 px at 512, one size per FPN level
+    base = max(8, round(16 * config.image_size / 512))
+    if spec.num_levels == 5:
+        sizes = tuple((base * 2**i,) for i in range(5))
+    else:  # mobilenet starts at 1/8: two sizes per level
+        sizes = tuple((base * 2 ** (2 * i), base * 2 ** (2 * i + 1)) for i in range(spec.num_levels))
+    anchors = AnchorGenerator(sizes, (tuple(config.aspect_ratios),) * len(sizes))
+    w = config.width
+    return MaskRCNN(
+        backbone,
+        min_size=config.image_size,
+        max_size=config.image_size,
+        rpn_anchor_generator=anchors,
+        rpn_head=RPNHead(w, anchors.num_anchors_per_location()[0]),
+        box_head=TwoMLPHead(w * 7 * 7, 1024),
+        box_predictor=FastRCNNPredictor(1024, config.num_classes),
+        mask_head=MaskRCNNHeads(w, [w] * 4, 1, norm_layer=head_norm),
+        mask_predictor=MaskRCNNPredictor(w, w, config.num_classes),
+        rpn_pre_nms_top_n_train=2000,
+        rpn_post_nms_top_n_train=1000,
+        rpn_pre_nms_top_n_test=1000,
+        rpn_post_nms_top_n_test=500,
+        box_batch_size_per_image=config.rois_per_img,
+        box_detections_per_img=config.detections_per_img,
+        box_score_thresh=0.01,
+    )
+
+
+def load_init(model: MaskRCNN, config: ModelConfig, init: str, hub_dir: Path) -> str:
+    """Put initial weights into ``model``; returns what was loaded, for the record.
+
+    ``none``: keep random weights. ``coco`` / ``imagenet``: torchvision's own weights from the
+    torch hub cache ``hub_dir`` (filled by ``bookcounter setup-models``; never downloaded
+    here; torchvision checks the hash when it downloads). Anything else is a checkpoint file
+    (a state_dict or a trainer model.pt), loaded with ``weights_only=True`` and shape-checked.
+    """
+    if init == "none":
+        return "none"
+    if init in ("coco", "imagenet"):
+        spec = BACKBONES[config.backbone]
+        enum_name = spec.coco_weights if init == "coco" else spec.imagenet_weights
+        if enum_name is None:
+            raise UserError(f"torchvision has no {init} weights for {config.backbone} (use --init none or a file)")
+        weights = _weights_enum(enum_name)
+        path = hub_dir / "checkpoints" / Path(weights.url).name
+        if not path.is_file():
+            return ""  # the caller says so in one line and trains from scratch
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if init == "imagenet":
+            prefix = "backbone.body."
+            state = {prefix + k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
+            if config.backbone.startswith("mobilenet"):
+                state = {k.replace("backbone.body.features.", "backbone.body."): v for k, v in state.items()}
+        _load_matching(model, state, strict_shapes=False)
+        return f"{init}:{path.name}"
+    return f"file:{load_checkpoint_file(model, Path(init))}"
+
+
+def load_checkpoint_file(model: nn.Module, path: Path) -> str:
+    """Load a user's checkpoint into ``model``: every tensor must exist and fit; clear error if not."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file (use --init none, coco, imagenet or a file)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and EOF errors all mean the same to a user
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {first})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # a training checkpoint
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state_dict of tensors")
+    _load_matching(model, state, strict_shapes=True, source=str(path))
+    return path.name
+
+
+def _load_matching(model: nn.Module, state: dict[str, torch.Tensor], strict_shapes: bool, source: str = "") -> None:
+    own = model.state_dict()
+    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    if strict_shapes and (wrong or missing):
+        detail = f"{len(wrong)} shape mismatches, e.g. {wrong[0]}" if wrong else f"{len(missing)} missing tensors, e.g. {missing[0]}"
+        raise CheckpointError(f"{source}: does not fit this architecture ({detail}); check --backbone/--norm")
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(fitting, strict=False)
+
+
+def _weights_enum(name: str) -> Any:
+    from torchvision import models
+
+    enum_name, member = name.split(".")
+    enum = getattr(models, enum_name, None) or getattr(models.detection, enum_name)
+    return enum[member]
+
+
+def fetch_torchvision_weights(hub_dir: Path) -> list[tuple[str, str | None]]:
+    """Download every torchvision weight file the backbones can use into ``hub_dir`` (online only).
+
+    torchvision checks each file against the hash in its name. Returns (weights, error or None).
+    """
+    done = []
+    for name in sorted({n for s in BACKBONES.values() for n in (s.imagenet_weights, s.coco_weights) if n}):
+        try:
+            torch.hub.load_state_dict_from_url(
+                _weights_enum(name).url, model_dir=str(hub_dir / "checkpoints"), check_hash=True, weights_only=True
+            )
+            done.append((name, None))
+        except Exception as e:  # offline: URLError, or a bad hash
+            done.append((name, f"{type(e).__name__}: {e}"))
+    return done
+
+
+def save_model_dir(model: nn.Module, meta: dict[str, Any], out: Path) -> Path:
+    """Write ``model.pt`` (state_dict) + ``model.json`` (config, threshold, metrics) to ``out``."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "model.pt")
+    (out / "model.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+    return out
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o)}")

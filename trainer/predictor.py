@@ -1,0 +1,95 @@
+"""One class that runs a trained model directory on photos (CPU or CUDA)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as nnf
+from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.transforms.v2 import functional as F
+
+from bookcounter.errors import UserError
+from trainer.model import ModelConfig, build_model, load_checkpoint_file
+
+
+@dataclass
+class Instance:
+    score: float
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1 in ORIGINAL image pixels
+    mask: np.ndarray  # HxW bool, original image size
+
+
+class Predictor:
+    """A trained Mask R-CNN ready for inference (CPU or CUDA).
+
+    The photo is shrunk so its longer side is the model's ``image_size`` before the network
+    sees it; masks of the kept instances only are scaled back to the original size, so a
+    large photo costs memory for the books found, not for every candidate.
+    """
+
+    def __init__(self, model_dir: Path, device: str | None = None, model_version: str | None = None):
+        model_dir = Path(model_dir)
+        meta_path = model_dir / "model.json"
+        if not meta_path.is_file():
+            raise UserError(f"{model_dir}: not a model directory (no model.json)")
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        self.config = ModelConfig.from_dict(self.meta["model"])
+        self.threshold: float = float(self.meta.get("threshold", 0.5))
+        self.model_version: str = model_version or model_dir.name
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = build_model(self.config)
+        load_checkpoint_file(model, model_dir / "model.pt")
+        self.model = model.eval().to(self.device)
+
+    def _input(self, image: PIL.Image.Image) -> tuple[torch.Tensor, float]:
+        image = image.convert("RGB")
+        scale = min(1.0, self.config.image_size / max(image.size))
+        if scale < 1:
+            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), PIL.Image.BILINEAR)
+        t = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True).to(self.device)
+        return t, scale
+
+    @torch.inference_mode()
+    def predict(self, image: PIL.Image.Image, threshold: float | None = None) -> list[Instance]:
+        """Instances with score >= ``threshold`` (default: the counting threshold chosen on val), best first."""
+        thr = self.threshold if threshold is None else threshold
+        t, scale = self._input(image)
+        out = self.model([t])[0]
+        keep = out["scores"] >= thr
+        probs = out["masks"][keep]  # (N,1,h,w) at the shrunk size
+        masks = self._to_original(probs, image.size)
+        boxes = (out["boxes"][keep] / scale).cpu().numpy()
+        scores = out["scores"][keep].cpu().numpy()
+        return [Instance(float(s), tuple(float(v) for v in b), m) for s, b, m in zip(scores, boxes, masks)]
+
+    @torch.inference_mode()
+    def masks_for_boxes(self, image: PIL.Image.Image, boxes: np.ndarray) -> np.ndarray:
+        """(N,H,W) bool masks from the mask head for given xyxy boxes in original pixels."""
+        boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        if len(boxes) == 0:
+            return np.zeros((0, image.height, image.width), bool)
+        t, scale = self._input(image)
+        images, _ = self.model.transform([t])
+        (h, w), (th, tw) = t.shape[-2:], images.image_sizes[0]
+        net_boxes = torch.from_numpy(boxes * scale).to(self.device) * torch.tensor([tw / w, th / h, tw / w, th / h], device=self.device)
+        features = self.model.backbone(images.tensors)
+        heads = self.model.roi_heads
+        x = heads.mask_head(heads.mask_roi_pool(features, [net_boxes], images.image_sizes))
+        probs = heads.mask_predictor(x)[:, 1:2].sigmoid()  # class 1 = book
+        pasted = paste_masks_in_image(probs, torch.from_numpy(boxes * scale).to(self.device), (h, w))
+        return self._to_original(pasted, image.size)
+
+    def _to_original(self, probs: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """(N,1,h,w) probabilities at the shrunk size -> (N,H,W) bool at the original size."""
+        width, height = size
+        if len(probs) == 0:
+            return np.zeros((0, height, width), bool)
+        if probs.shape[-2:] != (height, width):
+            probs = torch.cat([nnf.interpolate(p[None], size=(height, width), mode="bilinear", align_corners=False)[0] for p in probs])[:, None]
+        return (probs[:, 0] > 0.5).cpu().numpy()
