@@ -110,3 +110,87 @@ def _summary(m: dict) -> str:
     c = m["counts"]
     books = sum(c[s]["books"] for s in SPLITS)
     return ", ".join(f"{c[s]['images']} {s}" for s in SPLITS) + f" photos, {books} books"
+
+
+# --- Label Studio: the server, pre-labelling, collecting ------------------------------------
+
+labelstudio_app = typer.Typer(
+    help="The Label Studio server bookcounter runs (own venv, 127.0.0.1, data under var/label-studio).",
+    no_args_is_help=True,
+)
+
+
+@labelstudio_app.command("start")
+def labelstudio_start() -> None:
+    """Start Label Studio in the background and wait until it answers (cold start 30-45 s).
+
+    SQLite under var/label-studio (PostgreSQL: set BOOKCOUNTER_LS_DATABASE_URL); the admin
+    user and API token come from settings; pid file and log under var/run. The project is
+    created on first start.
+    """
+    from annotator import labelstudio
+
+    s = get_settings()
+    with console.status(f"starting Label Studio on {s.ls_url} (log {s.run_dir / 'labelstudio.log'})"):
+        status = labelstudio.start_server(s)
+        project_id = labelstudio.ensure_project(s)
+    console.print(status.line())
+    console.print(f"project {s.ls_project_title!r}: {s.ls_url}/projects/{project_id}  (login {s.ls_username})")
+
+
+@labelstudio_app.command("stop")
+def labelstudio_stop() -> None:
+    """Stop the Label Studio server that 'start' started (only that process)."""
+    from annotator import labelstudio
+
+    stopped = labelstudio.stop_server(get_settings())
+    console.print("Label Studio stopped" if stopped else "Label Studio was not running (no live pid file)")
+
+
+@labelstudio_app.command("status")
+def labelstudio_status() -> None:
+    """Say whether Label Studio is running and healthy; exit 1 if it is not."""
+    from annotator import labelstudio
+
+    status = labelstudio.server_status(get_settings())
+    console.print(status.line())
+    if not (status.running and status.healthy):
+        raise typer.Exit(1)
+
+
+def prelabel_command(
+    inbox: Path | None = typer.Option(None, "--inbox", help="Folder of new photos (default: var/inbox)."),
+    sam_checkpoint: Path | None = typer.Option(
+        None, "--sam-checkpoint", help="SAM checkpoint (default: BOOKCOUNTER_SAM_CHECKPOINT, else var/models)."
+    ),
+) -> None:
+    """Turn new inbox photos into Label Studio tasks with predicted masks.
+
+    Masks come from the champion's boxes as SAM prompts, else SAM's point grid, else the
+    champion's mask head, else none. A photo already imported (same sha256) gets no second
+    task; processed photos move to inbox/done/, unusable ones to inbox/rejected/ with a reason.
+    """
+    from annotator.prelabel import prelabel
+
+    report = prelabel(inbox, sam_checkpoint=sam_checkpoint)
+    for reason in report.rejected.values():
+        console.print(f"[yellow]rejected:[/] {reason}")
+    if not (report.imported or report.already_there or report.rejected):
+        console.print(f"inbox {inbox or get_settings().inbox_dir} is empty: nothing to do")
+        return
+    console.print(report.line())
+
+
+def collect_command() -> None:
+    """Write the annotations submitted in Label Studio as a new dataset version.
+
+    Only the latest submitted annotation of each task counts (not predictions, drafts or
+    skipped tasks); brush masks are kept pixel for pixel. Nothing new: no new version.
+    """
+    from annotator.collect import collect
+
+    result = collect()
+    if result is None:
+        console.print("nothing new in Label Studio: no new dataset version")
+        return
+    console.print(f"created [bold]{result.version.name}[/]  {_summary(result.version.manifest())}")

@@ -1,0 +1,193 @@
+"""Pre-labelling: new inbox photos become Label Studio tasks with masks as predictions.
+
+For each photo in the inbox: decode and validate it, hash it, skip it if a task with that
+sha256 exists (a re-run creates no duplicate), make masks, upload an upright copy and import
+the task with its predictions in one request, then move the photo to ``inbox/done/``. A photo
+that is not usable goes to ``inbox/rejected/`` next to a ``<name>.reason.txt``.
+
+Where the masks come from (:class:`Masker`), best first:
+  (a) the champion Mask R-CNN's boxes as SAM box prompts (one batched decoder call a photo);
+  (b) no champion: SAM's point grid (automatic masks tuned for books);
+  (c) no SAM checkpoint: the champion's own mask head;
+  (d) neither: the task is imported with no predictions.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from annotator import labelstudio
+from bookcounter.errors import UserError
+from bookcounter.images import BadImage, decode_image, sha256_bytes
+from bookcounter.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from annotator.sam import Segmenter
+    from trainer.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+DONE, REJECTED = "done", "rejected"
+EXIF_ORIENTATION = 0x0112
+
+
+@dataclass
+class PrelabelReport:
+    imported: dict[str, int] = field(default_factory=dict)  # file name -> new task id
+    already_there: dict[str, int] = field(default_factory=dict)  # file name -> existing task id (same sha256)
+    rejected: dict[str, str] = field(default_factory=dict)  # file name -> reason
+    predictions: dict[str, int] = field(default_factory=dict)  # file name -> number of masks predicted
+    model_version: str = ""
+
+    def line(self) -> str:
+        return (
+            f"{len(self.imported)} imported, {len(self.already_there)} already in Label Studio, "
+            f"{len(self.rejected)} rejected; masks from {self.model_version}"
+        )
+
+
+class Masker:
+    """Makes the predicted masks of one photo from whatever models are available."""
+
+    def __init__(self, segmenter: Segmenter | None, predictor: Predictor | None):
+        self.segmenter = segmenter
+        self.predictor = predictor
+        parts = []
+        if segmenter is not None:
+            parts.append(f"sam-{segmenter.model_type}")
+        if predictor is not None:
+            parts.append(f"maskrcnn-v{predictor.model_version}")
+        self.model_version = "+".join(parts) or "none"
+
+    def __call__(self, image: Image.Image, sha256: str) -> list[tuple[np.ndarray, float]]:
+        """(HxW bool mask, score) pairs at the image's size; empty masks dropped."""
+        if self.predictor is not None:
+            instances = self.predictor.predict(image)
+            if self.segmenter is None:  # (c) the champion's own mask head
+                found = [(i.mask, i.score) for i in instances]
+            elif instances:  # (a) champion boxes -> SAM, one batched call
+                boxes = np.array([i.box for i in instances], dtype=np.float32)
+                got, _ = self.segmenter.predict_boxes(self.segmenter.embed(image, sha256), boxes)
+                found = [(m, i.score) for m, i in zip(got, instances, strict=True)]
+            else:  # the champion sees nothing: let SAM propose
+                found = self.segmenter.generate(self.segmenter.embed(image, sha256))
+        elif self.segmenter is not None:  # (b) point grid
+            found = self.segmenter.generate(self.segmenter.embed(image, sha256))
+        else:  # (d)
+            found = []
+        return [(np.asarray(m, dtype=bool), float(s)) for m, s in found if np.any(m)]
+
+
+def default_masker(settings: Settings, sam_checkpoint: Path | None = None) -> Masker:
+    """The champion (if any) and SAM (if a checkpoint is found), as configured."""
+    from annotator.sam import load_segmenter
+    from trainer.registry import load_predictor
+
+    segmenter = load_segmenter(settings.sam_model_type, checkpoint=sam_checkpoint or settings.sam_checkpoint)
+    return Masker(segmenter, load_predictor("champion"))
+
+
+def served_copy(data: bytes, image: Image.Image, file_name: str) -> tuple[bytes, str]:
+    """What Label Studio gets: the original bytes when a browser shows exactly ``image``
+    (JPEG/PNG, 8-bit RGB or gray, no EXIF rotation), else an upright re-encoded copy
+    (PNG for PNG sources, JPEG q95 otherwise). Returns (bytes, file name)."""
+    stem = Path(file_name).stem
+    with Image.open(io.BytesIO(data)) as src:
+        fmt, mode = src.format, src.mode
+        orientation = src.getexif().get(EXIF_ORIENTATION, 1)
+    if fmt in ("JPEG", "PNG") and mode in ("RGB", "L") and orientation == 1:
+        return data, f"{stem}.{'jpg' if fmt == 'JPEG' else 'png'}"
+    out = io.BytesIO()
+    if fmt == "PNG":
+        image.save(out, "PNG", optimize=False)
+        return out.getvalue(), f"{stem}.png"
+    image.save(out, "JPEG", quality=95)
+    return out.getvalue(), f"{stem}.jpg"
+
+
+def prelabel(
+    inbox: Path | None = None,
+    masker: Masker | None = None,
+    settings: Settings | None = None,
+    sam_checkpoint: Path | None = None,
+) -> PrelabelReport:
+    """Turn every new photo of ``inbox`` (default ``settings.inbox_dir``) into a task; idempotent.
+
+    ``masker`` defaults to :func:`default_masker` (loaded only when there are photos).
+    """
+    settings = settings or get_settings()
+    inbox = Path(inbox) if inbox is not None else settings.inbox_dir
+    if not inbox.is_dir():
+        raise UserError(f"inbox {inbox} does not exist (put photos there or pass --inbox DIR)")
+    report = PrelabelReport()
+    with labelstudio.file_lock(settings, "prelabel"):
+        photos = sorted(p for p in inbox.iterdir() if p.is_file() and not p.name.startswith("."))
+        if not photos:
+            report.model_version = "none"
+            return report
+        project_id = labelstudio.ensure_project(settings)
+        existing = labelstudio.task_shas(settings, project_id)
+        masker = masker or default_masker(settings, sam_checkpoint)
+        report.model_version = masker.model_version
+        for path in tqdm(photos, desc="pre-labelling", unit="photo"):
+            data = path.read_bytes()
+            try:
+                image = decode_image(data, path.name, settings.max_megapixels)
+            except BadImage as e:
+                _reject(path, str(e))
+                report.rejected[path.name] = str(e)
+                continue
+            sha = sha256_bytes(data)
+            if sha in existing:
+                report.already_there[path.name] = existing[sha]
+                _move(path, inbox / DONE)
+                continue
+            found = masker(image, sha)
+            served, served_name = served_copy(data, image, path.name)
+            url = labelstudio.upload_photo(settings, project_id, served, served_name)
+            task_data: dict[str, Any] = {
+                labelstudio.IMAGE: url,
+                "sha256": sha,
+                "file_name": path.name,
+                "width": image.width,
+                "height": image.height,
+            }
+            predictions = []
+            if found:
+                predictions.append(
+                    {
+                        "model_version": masker.model_version,
+                        "score": float(np.mean([s for _, s in found])),
+                        "result": [labelstudio.brush_result(m, s) for m, s in found],
+                    }
+                )
+            task_id = labelstudio.create_task(settings, project_id, task_data, predictions)
+            existing[sha] = task_id
+            report.imported[path.name] = task_id
+            report.predictions[path.name] = len(found)
+            _move(path, inbox / DONE)
+    return report
+
+
+def _move(path: Path, folder: Path) -> Path:
+    folder.mkdir(exist_ok=True)
+    target = folder / path.name
+    if target.exists():
+        target = folder / f"{sha256_bytes(path.read_bytes())[:12]}-{path.name}"
+    shutil.move(path, target)
+    return target
+
+
+def _reject(path: Path, reason: str) -> None:
+    target = _move(path, path.parent / REJECTED)
+    target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
+    log.warning("rejected %s: %s", path.name, reason)
