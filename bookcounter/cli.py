@@ -9,9 +9,12 @@ import sys
 
 import typer
 
-from annotator.cli import dataset_app
+from annotator.cli import collect_command, dataset_app, labelstudio_app, prelabel_command
+from annotator.ml_backend_server import ml_backend_app
 from bookcounter.demo import demo
 from bookcounter.errors import UserError
+from serving.cli import serve
+from trainer.cli import evaluate_command, mlflow_ui, promote_command, registry_app, train_command
 
 app = typer.Typer(
     help="Count books in photos: pre-label with SAM, correct in Label Studio, retrain Mask R-CNN, "
@@ -21,13 +24,60 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(dataset_app, name="dataset")
+app.add_typer(labelstudio_app, name="labelstudio")
+app.add_typer(ml_backend_app, name="ml-backend")
+app.command("prelabel")(prelabel_command)
+app.command("collect")(collect_command)
 app.command()(demo)
+app.command()(serve)
+app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+app.command("promote")(promote_command)
+app.add_typer(registry_app, name="registry")
+ui_app = typer.Typer(help="Start a web UI on 127.0.0.1.", no_args_is_help=True)
+ui_app.command("mlflow")(mlflow_ui)
+app.add_typer(ui_app, name="ui")
+
+
+@app.command("setup-models")
+def setup_models(
+    sam_model_type: list[str] = typer.Option(
+        None, "--sam-model-type", help="SAM types to fetch (vit_t, vit_b, vit_l, vit_h); default: settings.sam_model_type."
+    ),
+) -> None:
+    """Download pretrained weights into var/models/ (the only step that downloads anything).
+
+    Each file comes from its official URL with a progress bar and is checked against its
+    published sha256, which is recorded next to it. Where a file cannot be fetched (no
+    internet) this says so in one line and goes on: the pipeline then runs without it.
+    """
+    from annotator.sam.checkpoints import OFFICIAL, CheckpointError, download
+    from bookcounter.settings import get_settings
+
+    settings = get_settings()
+    for model_type in sam_model_type or [settings.sam_model_type]:
+        if model_type not in OFFICIAL:
+            raise UserError(f"unknown SAM model type {model_type!r}; choose one of {', '.join(OFFICIAL)}")
+        try:
+            path = download(settings, model_type)
+            typer.echo(f"SAM {model_type}: {path}")
+        except CheckpointError as e:
+            typer.secho(f"SAM {model_type}: not available, continuing without it: {e}", fg="yellow", err=True)
+    from trainer.model import fetch_torchvision_weights
+
+    for name, error in fetch_torchvision_weights(settings.models_dir / "torch"):
+        if error:
+            typer.secho(f"torchvision {name}: not available, training starts from scratch: {error}", fg="yellow", err=True)
+        else:
+            typer.echo(f"torchvision {name}: {settings.models_dir / 'torch' / 'checkpoints'}")
 
 
 def main() -> None:
     """Run the CLI; errors a person can fix are one line on stderr and exit code 1."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns typer.Exit's code here
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except UserError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         sys.exit(1)

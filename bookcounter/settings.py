@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     ml_backend_host: str = "127.0.0.1"
     ml_backend_port: int = 9090
     retrain_every_n_annotations: int = Field(20, description="Start the loop after this many new annotations; 0 = off.")
+    sam_random_init: bool = Field(
+        False, description="Tests and benchmarks only: the ML backend uses random SAM weights when no checkpoint is found."
+    )
 
     # --- training / registry -------------------------------------------------------------
     mlflow_experiment: str = "bookcounter"
@@ -68,6 +71,7 @@ class Settings(BaseSettings):
 
     # --- prefect ---------------------------------------------------------------------------
     prefect_port: int = 4200
+    loop_cron: str = Field("0 2 * * *", description="When the scheduled loop runs (cron, local time).")
     mlflow_ui_port: int = 5000
 
     # --- derived paths (not settable on their own: move state_dir instead) ----------------

@@ -10,7 +10,7 @@ import pytest
 
 from bookcounter.settings import REPO_ROOT, Settings, get_settings
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = ["fixtures_labelstudio", "fixtures_sam", "fixtures_trainer", "fixtures_serving"]
 
 SAMPLE_DIR = Path(os.environ.get("BOOKCOUNTER_SAMPLE_DIR", REPO_ROOT.parent / "shared" / "data" / "open-shelves"))
 

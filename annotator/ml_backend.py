@@ -1,0 +1,361 @@
+"""Interactive SAM for Label Studio: an ML backend that answers a click or a box with a mask.
+
+Speaks Label Studio's ML backend protocol on FastAPI (the ``label-studio-ml`` package on PyPI
+is the old API): ``GET /health``, ``POST /setup``, ``POST /predict``, ``POST /webhook`` (and
+``POST /train``, what Label Studio sends for "Start training" when its webhook feature flag is
+off), ``GET /versions``, ``POST /job_status``.
+
+A click: Label Studio posts the task and ``params.context.result`` = the prompt regions of the
+current object (every positive/negative smart keypoint and at most one rectangle, coordinates
+in percent of the image). All of them become ONE SAM prompt; the answer is the best of SAM's
+multimask outputs by predicted IoU, as one brush (RLE) result. The photo's embedding is
+computed once and cached by the Segmenter (disk + in-memory LRU) under the task's ``sha256``
+(the key pre-labelling used, so a pre-labelled photo's first click is a cache hit); the photo
+itself stays in a small LRU here, so a later click runs only the prompt encoder and the mask
+decoder. Without a SAM checkpoint a box is answered by the champion Mask R-CNN's mask head.
+
+Problems of one request (photo not fetchable or not decodable, too large, prompt empty or
+outside the image, points without SAM) are answered with HTTP 200 and a prediction whose
+``result`` is empty and whose ``error`` says what is wrong: Label Studio turns any non-2xx
+answer into a bare "500 Server Error" and drops the body, so this is how the message reaches
+the caller. A malformed request body is a 422; an unexpected failure a 500 with ``error``. The
+server stays up either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+import numpy as np
+from fastapi import Body, FastAPI, Request
+from fastapi.responses import JSONResponse
+from PIL import Image
+
+from annotator import labelstudio, training_trigger
+from bookcounter.errors import UserError
+from bookcounter.images import decode_image, sha256_bytes
+from bookcounter.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from annotator.sam import Segmenter
+    from trainer.predictor import Predictor
+
+log = logging.getLogger("bookcounter.ml_backend")
+
+TITLE = "bookcounter-sam"  # the backend's title in Label Studio
+PHOTO_LRU_SIZE = 8  # decoded photos kept for later clicks (the embeddings live in the Segmenter)
+PHOTO_LRU_PIXELS = 100_000_000  # ... and at most this many pixels (300 MB of RGB) unless one photo is larger
+CHAMPION_POLL_S = 5.0  # how often the no-SAM backend asks the registry for a new champion
+
+
+class PromptError(UserError):
+    """The prompt cannot be used: empty, outside the image, or of an unknown kind."""
+
+
+class NeedsSam(UserError):
+    """Point prompts (and boxes when there is no champion either) need a SAM checkpoint."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One object's prompt; coordinates in percent of the image (Label Studio's), or pixels after :meth:`in_pixels`."""
+
+    points: np.ndarray  # (N, 2) float32 x, y
+    labels: np.ndarray  # (N,) int 1 = positive, 0 = negative
+    box: np.ndarray | None  # (4,) float32 x0, y0, x1, y1
+
+    def in_pixels(self, width: int, height: int) -> Prompt:
+        scale = np.array([width / 100, height / 100], np.float32)
+        points = np.minimum(self.points * scale, np.array([width - 1, height - 1], np.float32))
+        box = None if self.box is None else self.box * np.tile(scale, 2)
+        return Prompt(points, self.labels, box)
+
+
+@dataclass(frozen=True)
+class Photo:
+    key: str  # sha256: the embedding cache key
+    image: Image.Image
+
+
+def parse_prompt(regions: list[dict[str, Any]]) -> Prompt:
+    """Label Studio's smart regions -> one prompt (percent coordinates), validated.
+
+    Keypoints must lie inside the image; a rectangle is clipped to it and must keep some area.
+    With several rectangles the last one drawn is used.
+    """
+    if not regions:
+        raise PromptError("empty prompt: context.result holds no keypoint or rectangle")
+    points, labels, box = [], [], None
+    for r in regions:
+        kind, v = (r.get("type"), r.get("value") or {}) if isinstance(r, dict) else (None, {})
+        try:
+            x, y = float(v["x"]), float(v["y"])
+        except (KeyError, TypeError, ValueError):
+            raise PromptError(f"{kind or 'prompt region'}: value.x/value.y missing or not numbers") from None
+        if kind == "keypointlabels":
+            if not (0 <= x <= 100 and 0 <= y <= 100):
+                raise PromptError(f"keypoint at x={x:.1f}%, y={y:.1f}% lies outside the image")
+            points.append((x, y))
+            labels.append(1 if r.get("is_positive", True) else 0)
+        elif kind == "rectanglelabels":
+            try:
+                w, h, rotation = float(v["width"]), float(v["height"]), float(v.get("rotation") or 0)
+            except (KeyError, TypeError, ValueError):
+                raise PromptError("rectangle: value.width/value.height missing or not numbers") from None
+            if rotation % 360:
+                raise PromptError("rotated rectangles are not supported as prompts; draw it unrotated")
+            x0, y0 = max(min(x, x + w), 0.0), max(min(y, y + h), 0.0)
+            x1, y1 = min(max(x, x + w), 100.0), min(max(y, y + h), 100.0)
+            if x1 <= x0 or y1 <= y0:
+                raise PromptError(f"rectangle at x={x:.1f}%, y={y:.1f}% has no area inside the image")
+            box = np.array([x0, y0, x1, y1], np.float32)
+        else:
+            raise PromptError(f"unsupported prompt region type {kind!r}; use a smart keypoint or rectangle")
+    return Prompt(np.array(points, np.float32).reshape(-1, 2), np.array(labels, np.int64), box)
+
+
+def check_label_config(schema: str) -> None:
+    """The project's labelling config must have the brush tool this backend answers with."""
+    try:
+        root = ET.fromstring(schema)
+    except ET.ParseError as e:
+        raise UserError(f"labelling config is not valid XML ({e})") from None
+    brushes = [el for el in root.iter("BrushLabels") if el.get("name") == labelstudio.BRUSH]
+    if not brushes or brushes[0].get("toName") != labelstudio.IMAGE:
+        raise UserError(
+            f'labelling config has no <BrushLabels name="{labelstudio.BRUSH}" toName="{labelstudio.IMAGE}">; '
+            "use bookcounter's project config (annotator/labelstudio.py)"
+        )
+
+
+class Backend:
+    """The models and the photo LRU behind the endpoints; thread-safe for concurrent requests."""
+
+    def __init__(self, settings: Settings, segmenter: Segmenter | None):
+        self.settings = settings
+        self.segmenter = segmenter
+        self._photos: OrderedDict[str, Photo] = OrderedDict()
+        self._lock = threading.Lock()
+        self._url_locks: dict[str, threading.Lock] = {}
+        self._champion: Predictor | None = None
+        self._champion_checked = -float("inf")
+        self._champion_lock = threading.Lock()
+
+    # --- models -------------------------------------------------------------------------------
+
+    @property
+    def model_version(self) -> str:
+        if self.segmenter is not None:
+            return f"sam-{self.segmenter.namespace}"  # type and weights, e.g. sam-vit_t-6dbb90523a35
+        predictor = self.champion()
+        return f"maskrcnn-v{predictor.model_version}" if predictor is not None else "none"
+
+    def champion(self) -> Predictor | None:
+        """The current champion, None without one; the registry is asked at most every few seconds.
+
+        Label Studio calls ``/setup`` (which names the model version) with a 3 s timeout, so
+        this must be quick after the first call (:func:`load_backend` makes that one).
+        """
+        from trainer import registry
+
+        with self._champion_lock:
+            if time.monotonic() - self._champion_checked < CHAMPION_POLL_S:
+                return self._champion
+            info = registry.champion()
+            if info is None:
+                self._champion = None
+            elif self._champion is None or self._champion.model_version != info.version:
+                self._champion = registry.load_predictor(info.version)
+            self._champion_checked = time.monotonic()
+            return self._champion
+
+    # --- photos -------------------------------------------------------------------------------
+
+    def photo(self, task: dict[str, Any]) -> Photo:
+        """The task's photo, decoded once and kept in a small LRU (fetched from Label Studio)."""
+        url = (task.get("data") or {}).get(labelstudio.IMAGE)
+        if not isinstance(url, str) or not url:
+            raise UserError(f"task {task.get('id')}: data.{labelstudio.IMAGE} holds no image URL")
+        with self._lock:
+            if url in self._photos:
+                self._photos.move_to_end(url)
+                return self._photos[url]
+            url_lock = self._url_locks.setdefault(url, threading.Lock())
+        with url_lock:  # concurrent first clicks on one photo fetch it once
+            try:
+                with self._lock:
+                    if url in self._photos:
+                        return self._photos[url]
+                data = labelstudio.fetch_photo(self.settings, self._checked_url(url))
+                image = decode_image(data, url, max_megapixels=self.settings.max_megapixels)
+                sha = (task.get("data") or {}).get("sha256")
+                key = sha if isinstance(sha, str) and len(sha) == 64 and sha.isalnum() else sha256_bytes(data)
+                photo = Photo(key, image)
+                with self._lock:
+                    self._photos[url] = photo
+                    while len(self._photos) > 1 and (
+                        len(self._photos) > PHOTO_LRU_SIZE
+                        or sum(p.image.width * p.image.height for p in self._photos.values()) > PHOTO_LRU_PIXELS
+                    ):
+                        self._photos.popitem(last=False)
+                return photo
+            finally:
+                with self._lock:
+                    self._url_locks.pop(url, None)
+
+    def _checked_url(self, url: str) -> str:
+        """Only Label Studio's own URLs: our token never goes anywhere else."""
+        u, ls = urlparse(url), urlparse(self.settings.ls_url)
+        if not u.scheme and not u.netloc and url.startswith("/data/"):
+            return url
+        same_port = (u.port or 80) == (ls.port or 80)
+        if u.scheme in ("http", "https") and same_port and u.hostname in (ls.hostname, "localhost", "127.0.0.1"):
+            return u.path + (f"?{u.query}" if u.query else "")
+        raise UserError(f"image URL {url[:200]} is not served by Label Studio at {self.settings.ls_url}")
+
+    # --- the answer ---------------------------------------------------------------------------
+
+    def answer(self, task: dict[str, Any], regions: list[dict[str, Any]]) -> dict[str, Any]:
+        """One prediction (brush result of the best mask) for the prompt ``regions`` on ``task``."""
+        t0 = time.perf_counter()
+        prompt = parse_prompt(regions)  # before fetching anything: a bad prompt costs nothing
+        photo = self.photo(task)
+        prompt = prompt.in_pixels(photo.image.width, photo.image.height)
+        if self.segmenter is not None:
+            calls = self.segmenter.encoder_calls
+            emb = self.segmenter.embed(photo.image, photo.key)
+            embedding = "computed" if self.segmenter.encoder_calls > calls else "cached"
+            if len(prompt.points):
+                mask, score = self.segmenter.predict_points(emb, prompt.points, prompt.labels, prompt.box)
+            else:
+                masks, scores = self.segmenter.predict_boxes(emb, prompt.box[None])
+                mask, score = masks[0], float(scores[0])
+            version = self.model_version
+        else:
+            if prompt.box is None:
+                raise NeedsSam(
+                    "a click needs a SAM checkpoint (run `bookcounter setup-models` or set "
+                    "BOOKCOUNTER_SAM_CHECKPOINT); without one only boxes are answered, by the champion Mask R-CNN"
+                )
+            predictor = self.champion()
+            if predictor is None:
+                raise NeedsSam("no SAM checkpoint and no champion Mask R-CNN yet: a box needs one of them")
+            mask = predictor.masks_for_boxes(photo.image, prompt.box[None])[0]
+            score, embedding, version = 1.0, "none", f"maskrcnn-v{predictor.model_version}"
+        mask = np.asarray(mask, dtype=bool)
+        if not mask.any():
+            raise PromptError("no object found for this prompt; click inside the object or draw a box around it")
+        log.info(
+            "task %s: %d point(s)%s -> mask of %d px (score %.2f), embedding %s, %.0f ms",
+            task.get("id"), len(prompt.points), " + box" if prompt.box is not None else "",
+            int(mask.sum()), score, embedding, 1000 * (time.perf_counter() - t0),
+        )
+        return {"result": [labelstudio.brush_result(mask, score)], "score": float(score), "model_version": version}
+
+
+def load_backend(settings: Settings) -> Backend:
+    """The backend with SAM when a checkpoint is found (or random weights when allowed for tests)."""
+    from annotator.sam import load_segmenter
+
+    segmenter = load_segmenter(settings.sam_model_type, checkpoint=settings.sam_checkpoint)
+    if segmenter is None and settings.sam_random_init:
+        log.warning("BOOKCOUNTER_SAM_RANDOM_INIT: using random SAM weights (tests and benchmarks only)")
+        segmenter = load_segmenter(settings.sam_model_type, random_init=True)
+    backend = Backend(settings, segmenter)
+    if segmenter is None:
+        log.warning("no SAM checkpoint: boxes are answered by the champion Mask R-CNN, points get an error")
+        backend.champion()  # import MLflow and load the model now, not in Label Studio's first /setup
+    return backend
+
+
+def create_app(backend: Backend | None = None) -> FastAPI:
+    """The FastAPI app (``uvicorn --factory annotator.ml_backend:create_app``)."""
+    if backend is None:  # the server process: our log lines go to its log next to uvicorn's
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
+        backend = load_backend(get_settings())
+    settings = backend.settings
+    counter = training_trigger.AnnotationCounter(settings)
+    app = FastAPI(title="bookcounter ML backend", docs_url=None, redoc_url=None)
+    app.state.backend = backend
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
+
+    @app.get("/")
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        seg = backend.segmenter
+        return {
+            "status": "UP",
+            "model_class": TITLE,
+            "sam": seg.model_type if seg is not None else None,
+            "encoder_calls": seg.encoder_calls if seg is not None else 0,
+        }
+
+    @app.post("/setup")
+    def setup(body: dict[str, Any] = Body(...)) -> Any:
+        try:
+            check_label_config(body.get("schema") or "")
+        except UserError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+        return {"model_version": backend.model_version}
+
+    @app.get("/versions")
+    def versions() -> dict[str, Any]:
+        return {"versions": [backend.model_version]}
+
+    @app.post("/predict")
+    def predict(body: dict[str, Any] = Body(...)) -> Any:
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+            return JSONResponse({"error": "body.tasks must be a list of tasks"}, status_code=422)
+        params = body.get("params")
+        context = (params.get("context") if isinstance(params, dict) else None) or body.get("context")
+        if context is None:  # a batch pre-annotation request: this backend is interactive only
+            return {"results": [], "model_version": backend.model_version}
+        regions = context.get("result") if isinstance(context, dict) else None
+        results = []
+        for task in tasks:
+            try:
+                results.append(backend.answer(task, regions if isinstance(regions, list) else []))
+            except UserError as e:
+                log.warning("task %s: %s", task.get("id"), e)
+                results.append({"result": [], "score": 0.0, "model_version": backend.model_version, "error": str(e)})
+        return {"results": results, "model_version": backend.model_version}
+
+    def start_training(reason: str) -> dict[str, Any]:
+        run = training_trigger.start_loop(settings, reason)
+        log.info("%s loop run %s (%s): %s", "started" if run.started else "already running:", run.run_id, reason, run.steps)
+        return {"status": "ok", "job": run.run_id, "run_id": run.run_id, "started": run.started, "steps": run.steps}
+
+    @app.post("/webhook", status_code=201)
+    def webhook(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        action = body.get("action")
+        if action == "START_TRAINING":
+            return start_training("START_TRAINING")
+        if action in ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED"):
+            got = body.get("annotation")
+            new = [a for a in (got if isinstance(got, list) else [got]) if isinstance(a, dict) and not a.get("was_cancelled")]
+            if new and counter.add(len(new), settings.retrain_every_n_annotations):
+                return start_training(f"{settings.retrain_every_n_annotations} new annotations")
+            return {"status": "ok", "new_annotations": counter.count()}
+        return {"status": "ignored", "action": action}
+
+    @app.post("/train", status_code=201)
+    def train() -> dict[str, Any]:
+        return start_training("START_TRAINING (/train)")
+
+    @app.post("/job_status")
+    def job_status(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        return {"job_status": training_trigger.run_status(settings, str(body.get("job", "")))}
+
+    return app

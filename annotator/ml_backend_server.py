@@ -1,0 +1,116 @@
+"""``bookcounter ml-backend start|stop|status|connect``: run the interactive SAM backend.
+
+The backend (:mod:`annotator.ml_backend`) runs under uvicorn in a background process bound to
+``settings.ml_backend_host`` (127.0.0.1), with a pid file and a log under ``settings.run_dir``
+(:class:`bookcounter.processes.Server`, like Label Studio's). ``start`` then connects it to
+the Label Studio project when that server is up; ``connect`` does only that.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import typer
+
+from bookcounter.processes import Server
+from bookcounter.settings import REPO_ROOT, Settings, get_settings
+
+START_TIMEOUT_S = 180.0  # importing torch and building SAM on a busy 2-core machine
+
+ml_backend_app = typer.Typer(
+    help="The ML backend that answers a click or a box in Label Studio with a SAM mask.",
+    no_args_is_help=True,
+)
+
+
+def _server(settings: Settings) -> Server:
+    return Server("ml-backend", settings.run_dir)
+
+
+def start_backend(settings: Settings, timeout: float = START_TIMEOUT_S) -> bool:
+    """Start the backend unless it runs; wait for ``/health``. True if started now.
+
+    The process gets ``settings`` as ``BOOKCOUNTER_*`` variables, so it runs with exactly these.
+    """
+    cmd = [
+        sys.executable, "-m", "uvicorn", "annotator.ml_backend:create_app", "--factory",
+        "--host", settings.ml_backend_host, "--port", str(settings.ml_backend_port), "--no-access-log",
+    ]
+    env = {
+        f"BOOKCOUNTER_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
+        for k, v in settings.model_dump(mode="json").items()
+        if v is not None
+    }
+    # torch's OpenMP threads sleep instead of spinning between ops: clicks come one at a time,
+    # and on a shared CPU spinning threads starve Label Studio and training (and themselves)
+    env.setdefault("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
+    return _server(settings).start(cmd, f"{settings.ml_backend_url}/health", env=env, timeout=timeout, cwd=REPO_ROOT)
+
+
+def stop_backend(settings: Settings) -> bool:
+    """Stop the backend we started; False if none was running."""
+    return _server(settings).stop()
+
+
+def connect(settings: Settings) -> int:
+    """Connect the running backend to the Label Studio project (idempotent); the backend row id."""
+    from annotator import labelstudio
+    from annotator.ml_backend import TITLE
+
+    project_id = labelstudio.ensure_project(settings)
+    return labelstudio.connect_ml_backend(settings, project_id, settings.ml_backend_url, TITLE)
+
+
+@ml_backend_app.command()
+def start() -> None:
+    """Start the backend on 127.0.0.1 (log and pid file in var/run) and connect it to the project.
+
+    Without a SAM checkpoint it still starts: boxes are answered by the champion Mask R-CNN's
+    mask head and clicks get a "needs a SAM checkpoint" message.
+    """
+    from annotator import labelstudio
+
+    settings = get_settings()
+    started = start_backend(settings)
+    verb = "started" if started else "already running"
+    typer.echo(f"ML backend {verb} at {settings.ml_backend_url}; log {_server(settings).log_file}")
+    if labelstudio.is_healthy(settings):
+        typer.echo(f"connected to project '{settings.ls_project_title}' (ML backend #{connect(settings)})")
+    else:
+        typer.echo("Label Studio is not running: connect later with 'bookcounter ml-backend connect'")
+
+
+@ml_backend_app.command()
+def stop() -> None:
+    """Stop the backend started by 'bookcounter ml-backend start'."""
+    settings = get_settings()
+    typer.echo("ML backend stopped" if stop_backend(settings) else "ML backend was not running")
+
+
+@ml_backend_app.command()
+def status() -> None:
+    """Say whether the backend runs and what answers (SAM or the champion's mask head)."""
+    import httpx
+
+    settings = get_settings()
+    pid = _server(settings).pid()
+    try:
+        health = httpx.get(f"{settings.ml_backend_url}/health", timeout=3).json()
+    except (httpx.HTTPError, ValueError):
+        health = None
+    if pid is None and health is None:
+        typer.echo(f"ML backend is not running (would listen on {settings.ml_backend_url})")
+    elif health is None:
+        typer.echo(f"ML backend (pid {pid}) is starting or stuck; log {_server(settings).log_file}")
+    else:
+        sam = f"SAM {health['sam']}" if health.get("sam") else "no SAM (boxes via the champion Mask R-CNN)"
+        typer.echo(f"ML backend at {settings.ml_backend_url} (pid {pid}): {sam}, {health['encoder_calls']} embeddings computed")
+
+
+@ml_backend_app.command("connect")
+def connect_command() -> None:
+    """Connect the running backend to the Label Studio project (re-running leaves one connection)."""
+    settings = get_settings()
+    typer.echo(f"connected to project '{settings.ls_project_title}' (ML backend #{connect(settings)})")

@@ -1,0 +1,69 @@
+"""``bookcounter flows ...`` and ``bookcounter ui prefect``: running the loop through Prefect."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import typer
+
+from bookcounter.settings import get_settings
+
+flows_app = typer.Typer(
+    help="The loop as Prefect flows: run one now, or serve them all with their schedules and triggers.",
+    no_args_is_help=True,
+)
+
+
+class FlowName(str, Enum):
+    prelabel = "prelabel"
+    collect = "collect"
+    retrain = "retrain"
+    loop = "loop"
+    watch_annotations = "watch-annotations"
+
+
+@flows_app.command("run")
+def run_flow(
+    name: FlowName = typer.Argument(..., help="Which flow to run."),
+    max_minutes: float | None = typer.Option(None, help="retrain/loop: training time budget in minutes."),
+    inbox: str | None = typer.Option(None, help="prelabel: the inbox folder (default var/inbox)."),
+    run_name: str | None = typer.Option(None, help="Name of the flow run shown in the Prefect UI."),
+) -> None:
+    """Run one flow now, in this process (it shows up in the Prefect UI like a scheduled run)."""
+    import flows  # noqa: F401  (configures Prefect before it is imported)
+    from flows.loop import collect_flow, loop_flow, retrain_flow, watch_annotations_flow
+    from flows.prelabel import prelabel_flow
+
+    chosen = {
+        FlowName.prelabel: (prelabel_flow, {"inbox": inbox}),
+        FlowName.collect: (collect_flow, {}),
+        FlowName.retrain: (retrain_flow, {"max_minutes": max_minutes}),
+        FlowName.loop: (loop_flow, {"max_minutes": max_minutes}),
+        FlowName.watch_annotations: (watch_annotations_flow, {}),
+    }[name]
+    fn, params = chosen
+    if run_name:
+        fn = fn.with_options(flow_run_name=run_name)
+    fn(**params)
+
+
+@flows_app.command("serve")
+def serve_flows() -> None:
+    """Serve all deployments until Ctrl-C: prelabel every 30 s (inbox watch), the annotation-count
+    trigger every minute, the loop nightly (BOOKCOUNTER_LOOP_CRON), collect/retrain on demand."""
+    import flows  # noqa: F401
+    from flows.deployments import serve_all
+
+    serve_all(get_settings())
+
+
+def ui_prefect(stop: bool = typer.Option(False, "--stop", help="Stop the Prefect UI server instead.")) -> None:
+    """Start the Prefect server and UI on 127.0.0.1 over bookcounter's Prefect database (var/prefect);
+    later flows report to it. Runs in the background; --stop ends it."""
+    from flows.prefect_server import prefect_ui_server, start_ui
+
+    settings = get_settings()
+    if stop:
+        typer.echo("stopped" if prefect_ui_server(settings).stop() else "not running")
+        return
+    typer.echo(f"Prefect UI: {start_ui(settings)}  (log: {prefect_ui_server(settings).log_file})")

@@ -1,0 +1,147 @@
+"""``make demo``: the whole loop, for real, on the sample photos (open-shelves).
+
+1. start Label Studio and the ML backend; import the sample as the first dataset version with
+   only part of its train photos, as if annotated before;
+2. train the first model (a CPU budget) and run the promotion rule on it;
+3. drop the other train photos into the inbox; ``prelabel`` imports them into Label Studio;
+4. a replay annotator submits their reference masks through Label Studio's API;
+5. ``loop``: collect -> new version -> retrain -> evaluate against the champion -> decision;
+6. start the UIs and the counting server; print a summary.
+
+Every step is safe to re-run after an interruption: imports are idempotent, a dataset version
+that already has a candidate is not trained again, and annotated tasks are not annotated twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from annotator import labelstudio
+from annotator.cli import open_store
+from annotator.coco_import import read_coco
+from annotator.dataset_store import SPLITS
+from bookcounter.errors import UserError
+from bookcounter.processes import Server
+from bookcounter.settings import Settings
+from flows.loop import loop_flow, retrain_flow
+from flows.prefect_server import start_ui
+from flows.prelabel import prelabel_flow
+from flows.replay import reference_masks, replay
+
+console = Console()
+SOURCE = {
+    "name": "open-shelves",
+    "licence": "CC BY 4.0",
+    "credit": '"Open Shelves" by capjamesg, Roboflow Universe (https://creativecommons.org/licenses/by/4.0/)',
+}
+
+
+def run_demo(settings: Settings, first_train_photos: int = 40, budget_minutes: float = 10.0) -> None:
+    from trainer import registry
+
+    started = time.monotonic()
+    sample = settings.sample_dir
+    files = {split: sample / f"{split}.json" for split in SPLITS}
+    missing = [str(f) for f in files.values() if not f.is_file()]
+    if missing:
+        raise UserError(f"sample not found: {', '.join(missing)} (set BOOKCOUNTER_SAMPLE_DIR)")
+
+    _step(1, "start Label Studio and the ML backend; import the first dataset version")
+    console.print(labelstudio.start_server(settings).line())
+    from annotator import ml_backend_server
+
+    ml_backend_server.start_backend(settings)
+    ml_backend_server.connect(settings)
+    train_items, _ = read_coco(files["train"], sample)
+    train_items.sort(key=lambda item: item.file_name)
+    first, rest = train_items[:first_train_photos], train_items[first_train_photos:]
+    items = first + read_coco(files["val"], sample)[0] + read_coco(files["test"], sample)[0]
+    result = open_store().commit(items, source={**SOURCE, "files": [str(f) for f in files.values()]})
+    first_version = result.version.name
+    console.print(f"{'created' if result.created else 'already there:'} {first_version} "
+                  f"({len(first)} of {len(train_items)} train photos, all val and test)")
+
+    _step(2, f"train the first model (budget {budget_minutes:g} min) and run the promotion rule")
+    champion_before = registry.champion()
+    retrain_flow(dataset=first_version, max_minutes=budget_minutes)
+    champion_first = registry.champion()
+
+    _step(3, f"drop the other {len(rest)} train photos into the inbox; prelabel")
+    settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+    known = labelstudio.task_shas(settings, labelstudio.ensure_project(settings))
+    for item in rest:
+        if item.sha256 not in known:
+            (settings.inbox_dir / Path(item.file_name).name).write_bytes(item.data)
+    prelabel_flow()
+
+    _step(4, "the replay annotator submits the reference masks through Label Studio")
+    annotated = replay(settings, reference_masks(files["train"], sample))
+    console.print(f"{len(annotated)} task(s) annotated")
+
+    _step(5, "loop: collect -> new version -> retrain -> promote or reject")
+    loop_flow(max_minutes=budget_minutes)
+
+    _step(6, "start the counting server and the UIs")
+    urls = _start_services(settings)
+    _summary(settings, champion_before, champion_first, urls, time.monotonic() - started)
+
+
+def _step(n: int, what: str) -> None:
+    console.rule(f"[bold]demo step {n}/6: {what}")
+
+
+def _start_services(settings: Settings) -> dict[str, str]:
+    exe = str(Path(sys.executable).with_name("bookcounter"))
+    page = f"http://{settings.serve_host}:{settings.serve_port}"
+    Server("serving", settings.run_dir).start([exe, "serve"], f"{page}/healthz", timeout=120)
+    mlflow_ui = f"http://127.0.0.1:{settings.mlflow_ui_port}"
+    Server("mlflow-ui", settings.run_dir).start(
+        [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", settings.mlflow_tracking_uri,
+         "--host", "127.0.0.1", "--port", str(settings.mlflow_ui_port)],
+        mlflow_ui, timeout=120,
+    )
+    return {
+        "web page": page,
+        "Label Studio": settings.ls_url,
+        "Prefect UI": start_ui(settings),
+        "MLflow UI": mlflow_ui,
+    }
+
+
+def _summary(settings: Settings, before, first, urls: dict[str, str], seconds: float) -> None:
+    from trainer import promote
+
+    store = open_store()
+    console.rule("[bold]summary")
+    versions = Table("dataset version", "parent", "train", "val", "test")
+    for v in store.versions():
+        m = v.manifest()
+        versions.add_row(v.name, m["parent"] or "-", *(f"{m['counts'][s]['images']} photos / {m['counts'][s]['books']} books" for s in SPLITS))
+    console.print(versions)
+    decisions = Table("model", "dataset", "decision", "count MAE (test)", "mask AP (test)", "champion then", "reason")
+    for d in promote.history():
+        cm = d.get("candidate_metrics") or {}
+        decisions.add_row(
+            d["candidate"], d["dataset_version"], d["decision"], _num(cm.get("count_mae")), _num(cm.get("segm_AP")),
+            d.get("champion") or "-", d["reason"],
+        )
+    console.print(decisions)
+    from trainer import registry
+
+    now = registry.champion()
+    console.print(f"champion before the demo: {before.version if before else 'none'}; "
+                  f"after the first training: {first.version if first else 'none'}; now: {now.version if now else 'none'}")
+    for name, url in urls.items():
+        console.print(f"{name:>13}: {url}")
+    console.print(f"decision log: {settings.decision_log}\ndemo took {seconds / 60:.1f} min")
+    (settings.state_dir / "demo-summary.json").write_text(json.dumps({"seconds": seconds, "urls": urls}, indent=2))
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"

@@ -1,0 +1,167 @@
+"""The learning loop as Prefect flows: collect -> retrain -> promote, and what starts it.
+
+- ``collect``: human annotations in Label Studio -> a new dataset version (no-op when nothing changed).
+- ``retrain``: train a candidate on the newest version, register it, promote or reject it
+  (skipped when that version already has a candidate; one at a time, by a lock).
+- ``loop``: collect then retrain; started nightly, by hand, or by ``watch-annotations``.
+- ``watch-annotations``: every minute, counts submitted annotations not yet in a dataset
+  version; at ``settings.retrain_every_n_annotations`` it emits the Prefect event
+  ``bookcounter.annotations.ready`` and runs ``loop``.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.events import emit_event
+
+from annotator import labelstudio
+from annotator.cli import open_store
+from bookcounter.settings import get_settings
+
+ANNOTATIONS_READY = "bookcounter.annotations.ready"
+
+
+@task(retries=2, retry_delay_seconds=10, timeout_seconds=300)
+def ensure_labelstudio() -> str:
+    """Start Label Studio if it is not running (or fail with a clear message); never hangs."""
+    return labelstudio.start_server(get_settings()).line()
+
+
+@task(retries=2, retry_delay_seconds=15, timeout_seconds=1800)
+def collect_task() -> dict[str, Any] | None:
+    from annotator.collect import collect
+
+    result = collect(get_settings())
+    if result is None:
+        return None
+    return {"version": result.version.name, **result.version.manifest()["counts"]}
+
+
+@flow(name="collect", log_prints=True)
+def collect_flow() -> str | None:
+    """Export the submitted annotations into a new dataset version; None when nothing changed."""
+    ensure_labelstudio()
+    made = collect_task()
+    if made is None:
+        print("collect: nothing new since the last dataset version")
+        create_markdown_artifact("No new human annotations: no new dataset version.", key="collect")
+        return None
+    rows = [{"split": s, "photos": made[s]["images"], "books": made[s]["books"]} for s in ("train", "val", "test")]
+    create_table_artifact(rows, key="collect", description=f"New dataset version {made['version']}")
+    print(f"collect: created {made['version']}")
+    return made["version"]
+
+
+@contextmanager
+def _exclusive(name: str) -> Iterator[bool]:
+    """A non-blocking process lock under ``run_dir``; yields False when another run holds it."""
+    settings = get_settings()
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    with open(settings.run_dir / f"{name}.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@task(timeout_seconds=4 * 3600)
+def train_task(dataset: str, max_minutes: float | None) -> str:
+    from trainer.train import TrainConfig, default_device, train_and_save
+
+    settings = get_settings()
+    cfg = TrainConfig(dataset=dataset, device=default_device(), max_minutes=max_minutes)
+    run_dir = settings.runs_dir / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return str(train_and_save(cfg, open_store(), run_dir, log=get_run_logger().info))
+
+
+@task(retries=1, retry_delay_seconds=5)
+def register_task(model_dir: str) -> str:
+    from pathlib import Path
+
+    from trainer import registry
+
+    return registry.register(Path(model_dir)).version
+
+
+@task
+def promote_task(candidate: str) -> dict[str, Any]:
+    from trainer.promote import promote
+
+    return promote(candidate)
+
+
+@flow(name="retrain", log_prints=True)
+def retrain_flow(dataset: str | None = None, max_minutes: float | None = None) -> dict[str, Any] | None:
+    """Train a candidate on ``dataset`` (default: the newest version), then promote or reject it."""
+    from trainer import registry
+
+    store = open_store()
+    version = store.get(dataset or "latest").name
+    with _exclusive("retrain") as mine:
+        if not mine:
+            print("retrain: another retrain is running; this one exits")
+            return None
+        existing = [m for m in registry.versions() if m.dataset_version == version]
+        if existing:
+            print(f"retrain: {version} already has candidate model version {existing[-1].version}; skipped")
+            return None
+        candidate = register_task(train_task(version, max_minutes))
+        decision = promote_task(candidate)
+    create_markdown_artifact(_decision_markdown(decision), key="promotion-decision")
+    print(f"retrain: model version {candidate}: {decision['decision']} ({decision['reason']})")
+    return decision
+
+
+@flow(name="loop", log_prints=True)
+def loop_flow(max_minutes: float | None = None) -> dict[str, Any] | None:
+    """Collect then retrain; the retrain is skipped when the dataset already has a candidate."""
+    collect_flow()
+    return retrain_flow(max_minutes=max_minutes)
+
+
+@flow(name="watch-annotations", log_prints=True)
+def watch_annotations_flow(threshold: int | None = None) -> int:
+    """Start ``loop`` when enough new human annotations have arrived; returns how many are new."""
+    from annotator.collect import pending_annotations
+
+    settings = get_settings()
+    threshold = threshold if threshold is not None else settings.retrain_every_n_annotations
+    ensure_labelstudio()
+    pending = pending_annotations(settings)
+    print(f"watch-annotations: {pending} submitted annotation(s) not in a dataset version yet (threshold {threshold})")
+    if threshold > 0 and pending >= threshold:
+        emit_event(
+            event=ANNOTATIONS_READY,
+            resource={"prefect.resource.id": f"bookcounter.label-studio.{settings.ls_project_title}"},
+            payload={"pending": pending, "threshold": threshold},
+        )
+        loop_flow()
+    return pending
+
+
+def _decision_markdown(d: dict[str, Any]) -> str:
+    rows = "\n".join(
+        f"| {k} | {_fmt((d.get('candidate_metrics') or {}).get(k))} | {_fmt((d.get('champion_metrics') or {}).get(k))} |"
+        for k in ("count_mae", "segm_AP", "segm_AP50")
+    )
+    return (
+        f"# Model version {d['candidate']}: **{d['decision']}**\n\n{d['reason']}\n\n"
+        f"Dataset {d['dataset_version']}, test split. Champion before: {d.get('champion') or 'none'}.\n\n"
+        f"| metric | candidate | champion |\n|---|---|---|\n{rows}\n"
+    )
+
+
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)

@@ -1,0 +1,35 @@
+"""The one module that knows how Prefect is configured and started (``bookcounter ui prefect``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from bookcounter.processes import Server
+from bookcounter.settings import Settings
+
+
+def prefect_ui_server(settings: Settings) -> Server:
+    return Server("prefect-server", settings.run_dir)
+
+
+def ui_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.prefect_port}"
+
+
+def configure_prefect_env(settings: Settings) -> None:
+    """Set Prefect's environment for this process (before ``import prefect``)."""
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    if "PREFECT_API_URL" not in os.environ and prefect_ui_server(settings).pid() is not None:
+        os.environ["PREFECT_API_URL"] = f"{ui_url(settings)}/api"
+
+
+def start_ui(settings: Settings) -> str:
+    """Start ``prefect server start`` on 127.0.0.1 over bookcounter's Prefect database."""
+    env = {"PREFECT_HOME": str(settings.prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)]
+    prefect_ui_server(settings).start(cmd, f"{ui_url(settings)}/api/health", env=env, timeout=120)
+    return ui_url(settings)

@@ -1,0 +1,55 @@
+"""``bookcounter serve``: the HTTP API and web page."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+import typer
+
+from bookcounter.errors import UserError
+from bookcounter.settings import get_settings
+
+
+class PortInUse(UserError):
+    """The address to serve on is taken or cannot be bound."""
+
+
+def serve(
+    host: str | None = typer.Option(
+        None, help="Address to listen on (default BOOKCOUNTER_SERVE_HOST, 127.0.0.1). Use 0.0.0.0 to let "
+        "phones on the same LAN open the page."
+    ),
+    port: int | None = typer.Option(None, help="Port (default BOOKCOUNTER_SERVE_PORT, 8000)."),
+) -> None:
+    """Serve the counting API and web page with the champion model; swaps in newly promoted models.
+
+    Page: http://HOST:PORT/ (upload, drag and drop, or camera).
+
+    API: POST /count (OpenAPI at /docs); /healthz, /readyz, /model; Prometheus at /metrics.
+
+    A newly promoted champion is swapped in without a restart (see BOOKCOUNTER_RELOAD_POLL_SECONDS).
+    """
+    import logging
+
+    import uvicorn
+
+    from serving.app import create_app
+
+    s = get_settings()
+    host, port = host or s.serve_host, port if port is not None else s.serve_port
+    _check_free(host, port)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    typer.echo(f"serving on http://{host}:{port}/ (API docs at /docs); Ctrl-C to stop")
+    uvicorn.run(create_app(s), host=host, port=port, log_level="info")
+
+
+def _check_free(host: str, port: int) -> None:
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as e:
+        hint = " (another server is running there? pick another --port)" if e.errno == errno.EADDRINUSE else ""
+        raise PortInUse(f"cannot listen on {host}:{port}: {e.strerror or e}{hint}") from None

@@ -1,0 +1,73 @@
+"""Serving fixtures: a real uvicorn server around the serving app, in a thread of the test process."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from bookcounter.settings import Settings, get_settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(app: FastAPI, timeout: float = 120.0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port; yields the base URL; stops on exit."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError(f"uvicorn did not start on port {port}")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@dataclass
+class Served:
+    """A running server (real uvicorn) and its app, for tests that talk HTTP."""
+
+    url: str
+    app: FastAPI
+
+    def metric(self, name: str) -> float:
+        """The value of an unlabelled sample in ``/metrics`` (0 when absent)."""
+        import httpx
+
+        for line in httpx.get(f"{self.url}/metrics").text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return 0.0
+
+
+def serving_settings(**overrides: object) -> Settings:
+    """The session's settings (its temp state dir and MLflow store) with serving knobs changed."""
+    return get_settings().model_copy(update=overrides)
+
+
+@pytest.fixture(scope="session")
+def served_champion(tiny_champion) -> Iterator[Served]:
+    """The serving app on the tiny champion, polling the registry every 0.5 s."""
+    from serving.app import create_app
+
+    app = create_app(serving_settings(reload_poll_seconds=0.5))
+    with running_server(app) as url:
+        yield Served(url, app)

@@ -1,0 +1,290 @@
+"""The ML backend against the real Label Studio server, both on loopback.
+
+``sam_backend`` is the backend as ``bookcounter ml-backend start`` runs it (its own process,
+vit_t with random weights); tests read its embedding count on ``/health``. The no-SAM backend
+and the training hook run in this process under uvicorn (a thread), so a test can restrict
+the loop to its collect step.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+from label_studio_sdk.converter import brush
+from PIL import Image
+
+from annotator import labelstudio as ls_api
+from annotator import training_trigger
+from annotator.ml_backend import TITLE, create_app, load_backend
+from annotator.ml_backend_server import start_backend, stop_backend
+from bookcounter.images import sha256_bytes
+from bookcounter.settings import Settings, get_settings
+
+pytestmark = pytest.mark.labelstudio
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sam_backend(labelstudio: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    settings = Settings(
+        state_dir=tmp_path_factory.mktemp("ml-backend"), ml_backend_port=free_port(), sam_random_init=True
+    )
+    assert settings.ls_port == labelstudio.ls_port
+    start_backend(settings)
+    try:
+        yield settings
+    finally:
+        stop_backend(settings)
+
+
+@contextmanager
+def backend_in_thread(settings: Settings) -> Iterator[str]:
+    """A no-SAM backend served by uvicorn in a thread of this process; yields its URL."""
+    port = free_port()
+    app = create_app(load_backend(settings))  # no checkpoint in a test state dir: no SAM
+    server = uvicorn.Server(uvicorn.Config(app, "127.0.0.1", port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def add_task(settings: Settings, project: int, path: Path) -> dict:
+    data = path.read_bytes()
+    url = ls_api.upload_photo(settings, project, data, path.name)
+    sha = sha256_bytes(data)
+    task_id = ls_api.create_task(settings, project, {"image": url, "sha256": sha, "file_name": path.name}, [])
+    return {"id": task_id, "data": {"image": url, "sha256": sha}}
+
+
+def kp(x: float, y: float, positive: bool = True) -> dict:
+    return {"type": "keypointlabels", "from_name": "click", "to_name": "image", "is_positive": positive,
+            "value": {"x": x, "y": y, "width": 0.6, "keypointlabels": ["book"]}}
+
+
+def rect(x: float, y: float, w: float, h: float) -> dict:
+    return {"type": "rectanglelabels", "from_name": "box", "to_name": "image",
+            "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": ["book"]}}
+
+
+def interactive(settings: Settings, backend_id: int, task_id: int, regions: list[dict]) -> dict:
+    """What Label Studio answers the editor (the SDK method returns None, so read the raw body)."""
+    raw = ls_api.client(settings).ml.with_raw_response.predict_interactive(
+        id=backend_id, task=task_id, context={"result": regions}
+    )
+    return raw._response.json()
+
+
+def encoder_calls(settings: Settings) -> int:
+    return httpx.get(f"{settings.ml_backend_url}/health", timeout=5).json()["encoder_calls"]
+
+
+def photo(sample_dir: Path, i: int) -> Path:
+    return sorted((sample_dir / "test").glob("*.jpg"))[i]
+
+
+def test_click_and_box_get_a_mask_through_label_studio_and_the_embedding_is_computed_once(
+    sam_backend: Settings, ls_settings: Settings, sample_dir: Path
+):
+    project = ls_api.ensure_project(ls_settings)
+    backend_id = ls_api.connect_ml_backend(ls_settings, project, sam_backend.ml_backend_url, TITLE)
+    path = photo(sample_dir, 0)
+    width, height = Image.open(path).size
+    task = add_task(ls_settings, project, path)
+    before = encoder_calls(sam_backend)
+
+    for regions in ([kp(40, 55)], [rect(30, 20, 15, 60)], [kp(40, 55), kp(45, 30, positive=False), rect(30, 20, 15, 60)]):
+        answer = interactive(ls_settings, backend_id, task["id"], regions)
+        assert "errors" not in answer, answer
+        (result,) = answer["data"]["result"]
+        assert (result["type"], result["from_name"], result["to_name"]) == ("brushlabels", "mask", "image")
+        assert (result["original_width"], result["original_height"]) == (width, height)
+        assert result["value"]["brushlabels"] == ["book"]
+        pixels = brush.decode_rle(result["value"]["rle"])
+        assert pixels.size == width * height * 4  # exactly the image's pixel grid
+        area = int((pixels.reshape(height, width, 4)[:, :, 3] > 127).sum())
+        assert 0 < area < width * height
+        assert answer["data"]["model_version"] == "sam-vit_t-random"
+        assert encoder_calls(sam_backend) == before + 1  # computed at the first click only
+
+
+def test_a_photo_pre_encoded_at_import_needs_no_encoder_run_at_its_first_click(
+    sam_backend: Settings, ls_settings: Settings, sample_dir: Path, make_segmenter
+):
+    # what prelabel does when it imports a task: embed the photo under its sha256 into the shared disk cache
+    path = photo(sample_dir, 5)
+    make_segmenter(cache_dir=sam_backend.embeddings_dir, max_mb=256).pre_encode([(sha256_bytes(path.read_bytes()), path)])
+    project = ls_api.ensure_project(ls_settings)
+    backend_id = ls_api.connect_ml_backend(ls_settings, project, sam_backend.ml_backend_url, TITLE)
+    task = add_task(ls_settings, project, path)
+    before = encoder_calls(sam_backend)
+    answer = interactive(ls_settings, backend_id, task["id"], [kp(50, 50)])
+    assert answer["data"]["result"][0]["type"] == "brushlabels"
+    assert encoder_calls(sam_backend) == before
+
+
+def test_rerunning_setup_leaves_exactly_one_backend_and_removes_a_stale_one(sam_backend: Settings, ls_settings: Settings):
+    ls = ls_api.client(ls_settings)
+    project = ls_api.ensure_project(ls_settings)
+    url = sam_backend.ml_backend_url
+    first = ls_api.connect_ml_backend(ls_settings, project, url, TITLE)
+    assert ls_api.connect_ml_backend(ls_settings, project, url, TITLE) == first
+    assert [(r.id, r.url, r.is_interactive) for r in ls.ml.list(project=project)] == [(first, url, True)]
+
+    # an earlier setup at another address (same server, so Label Studio accepts it)
+    stale_url = f"http://localhost:{sam_backend.ml_backend_port}"
+    stale = ls.ml.create(project=project, url=stale_url, title=TITLE, is_interactive=True)
+    assert len(ls.ml.list(project=project)) == 2
+    assert ls_api.connect_ml_backend(ls_settings, project, url, TITLE) == first
+    assert [r.id for r in ls.ml.list(project=project)] == [first] and stale.id != first
+    hooks = [h.url for h in ls.webhooks.list(project=str(project))]
+    assert hooks == [f"{url}/webhook"]
+    assert not ls.projects.get(id=project).model_version  # pre-label predictions stay visible
+
+
+def test_bad_input_gets_a_clear_answer_and_the_server_stays_up(
+    sam_backend: Settings, ls_settings: Settings, sample_dir: Path, tmp_path: Path
+):
+    project = ls_api.ensure_project(ls_settings)
+    good = add_task(ls_settings, project, photo(sample_dir, 1))
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(photo(sample_dir, 2).read_bytes()[:3000])
+    huge = tmp_path / "huge.png"
+    Image.new("L", (9000, 6000), 128).save(huge)  # 54 MP, over the 50 MP limit
+    cases = {
+        "cannot fetch": ({"id": 1, "data": {"image": "/data/upload/999/missing.jpg"}}, [kp(50, 50)]),
+        "not served by Label Studio": ({"id": 1, "data": {"image": "http://example.com/a.jpg"}}, [kp(50, 50)]),
+        "corrupt or truncated": (add_task(ls_settings, project, truncated), [kp(50, 50)]),
+        "megapixel limit": (add_task(ls_settings, project, huge), [kp(50, 50)]),
+        "outside the image": (good, [kp(50, 120)]),
+        "empty prompt": (good, []),
+        "no image URL": ({"id": 1, "data": {}}, [kp(50, 50)]),
+    }
+    with httpx.Client(base_url=sam_backend.ml_backend_url, timeout=60) as http:
+        for message, (task, regions) in cases.items():
+            r = http.post("/predict", json={"tasks": [task], "params": {"context": {"result": regions}}})
+            assert r.status_code == 200
+            (answer,) = r.json()["results"]
+            assert answer["result"] == [] and message in answer["error"], (message, answer)
+        assert http.post("/predict", json={"tasks": "nope"}).status_code == 422
+        assert http.post("/predict", json={"tasks": [good]}).json()["results"] == []  # no prompt: batch request
+        assert http.get("/health").json()["status"] == "UP"
+
+
+def test_concurrent_clicks_on_different_photos_each_encode_once(
+    sam_backend: Settings, ls_settings: Settings, sample_dir: Path
+):
+    project = ls_api.ensure_project(ls_settings)
+    tasks = [add_task(ls_settings, project, photo(sample_dir, i)) for i in (3, 4)]
+    before = encoder_calls(sam_backend)
+
+    def click(task: dict) -> dict:
+        body = {"tasks": [task], "params": {"context": {"result": [kp(50, 50)]}}}
+        return httpx.post(f"{sam_backend.ml_backend_url}/predict", json=body, timeout=120).json()["results"][0]
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(click, tasks * 2))
+    for answer in answers:
+        assert "error" not in answer and answer["result"][0]["type"] == "brushlabels", answer
+    assert encoder_calls(sam_backend) == before + 2
+
+
+def test_without_sam_a_click_says_it_needs_a_checkpoint(labelstudio: Settings, ls_settings: Settings, sample_dir: Path):
+    project = ls_api.ensure_project(ls_settings)
+    task = add_task(ls_settings, project, photo(sample_dir, 0))
+    with backend_in_thread(ls_settings) as url:
+        backend_id = ls_api.connect_ml_backend(ls_settings, project, url, TITLE)
+        answer = interactive(ls_settings, backend_id, task["id"], [kp(40, 50)])
+        assert answer["data"]["result"] == []
+        assert "needs a SAM checkpoint" in answer["data"]["error"]
+        answer = interactive(ls_settings, backend_id, task["id"], [rect(30, 20, 15, 60)])
+        assert answer["data"]["result"] == [] and "no champion" in answer["data"]["error"]
+
+
+def test_start_training_and_every_n_annotations_start_the_loop(
+    labelstudio: Settings, ls_settings: Settings, sample_dir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(training_trigger, "LOOP_STEPS", training_trigger.LOOP_STEPS[:1])  # collect only
+    settings = ls_settings.model_copy(update={"retrain_every_n_annotations": 2})
+    ls = ls_api.client(settings)
+    project = ls_api.ensure_project(settings)
+    task = add_task(settings, project, photo(sample_dir, 0))
+    runs = training_trigger.runs_dir(settings)
+
+    def wait_for_runs(n: int) -> list[str]:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            ids = sorted(p.stem for p in runs.glob("*.json")) if runs.is_dir() else []
+            if len(ids) >= n and training_trigger.current_run(settings) is None:
+                return ids
+            time.sleep(0.5)
+        raise AssertionError(f"expected {n} finished loop runs in {runs}")
+
+    with backend_in_thread(settings) as url:
+        backend_id = ls_api.connect_ml_backend(settings, project, url, TITLE)
+        t0 = time.monotonic()
+        ls.ml.train(id=backend_id)  # the "Start training" button: START_TRAINING to /webhook
+        assert time.monotonic() - t0 < 10
+        (run_id,) = wait_for_runs(1)
+        assert training_trigger.run_status(settings, run_id) == "finished"
+        assert "nothing new in Label Studio" in (runs / f"{run_id}.log").read_text()
+
+        mask = np.zeros((640, 640), bool)
+        mask[100:300, 200:260] = True
+        for _ in range(2):  # two new annotations = retrain_every_n_annotations
+            ls.annotations.create(id=task["id"], result=[ls_api.brush_result(mask)])
+        second = wait_for_runs(2)[-1]
+        assert training_trigger.run_status(settings, second) == "finished"
+        assert "annotations" in (runs / f"{second}.json").read_text()  # the reason
+
+
+def test_without_sam_a_box_is_answered_by_the_champion_mask_head(
+    labelstudio: Settings, tiny_champion, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from fixtures_trainer import synthetic_photo
+
+    # the champion is registered in the session's state dir: a project of our own there
+    monkeypatch.setenv("BOOKCOUNTER_LS_PROJECT_TITLE", f"test-champion-{tmp_path.name}")
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        image, books = synthetic_photo(seed=3, n_books=3)
+        path = tmp_path / "shelf.png"
+        image.save(path)
+        project = ls_api.ensure_project(settings)
+        task = add_task(settings, project, path)
+        ys, xs = np.nonzero(books[0])
+        w, h = image.size
+        box = rect(100 * xs.min() / w, 100 * ys.min() / h, 100 * (xs.max() + 1 - xs.min()) / w, 100 * (ys.max() + 1 - ys.min()) / h)
+        with backend_in_thread(settings) as url:
+            backend_id = ls_api.connect_ml_backend(settings, project, url, TITLE)
+            answer = interactive(settings, backend_id, task["id"], [box])
+            (result,) = answer["data"]["result"]
+            assert answer["data"]["model_version"] == f"maskrcnn-v{tiny_champion.version}"
+            mask = brush.decode_rle(result["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 127
+            inside = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].sum()
+            assert mask.sum() > 0 and inside / mask.sum() > 0.8  # the mask head paints inside its box
+            click = interactive(settings, backend_id, task["id"], [kp(50, 50)])
+            assert click["data"]["result"] == [] and "needs a SAM checkpoint" in click["data"]["error"]
+    finally:
+        get_settings.cache_clear()

@@ -1,0 +1,94 @@
+"""The web page in real headless Chromium (Debian's, driven by Playwright): upload, count, masks."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fixtures_serving import Served, running_server
+from fixtures_trainer import synthetic_photo
+from PIL import Image
+
+from bookcounter.settings import get_settings
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if not CHROMIUM.is_file() or shutil.which("chromedriver") is None:
+        pytest.fail("Debian chromium is not installed: run `make setup` (apt-get install chromium chromium-driver)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        yield b
+        b.close()
+
+
+def test_page_counts_an_uploaded_photo_and_draws_its_masks(served_champion: Served, browser, tmp_path: Path) -> None:
+    photo, _ = synthetic_photo(7, 4)
+    path = tmp_path / "shelf.png"
+    photo.resize((384, 384), Image.Resampling.NEAREST).save(path)
+    page = browser.new_page(viewport={"width": 900, "height": 900})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{served_champion.url}/")
+    version = served_champion.app.state.slot.current.version
+    page.wait_for_function(f"document.getElementById('model-version').textContent.includes('v{version}')")
+
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    import httpx
+
+    expected = httpx.post(f"{served_champion.url}/count", files={"image": ("s.png", path.read_bytes(), "image/png")}).json()
+    assert expected["count"] > 0
+    assert page.inner_text("#count") == str(expected["count"])
+    assert f"model v{version}" in page.inner_text("#details")
+    # the masks layer has one tinted region per book, drawn where the API says it is
+    tinted = page.evaluate(
+        """(instances) => {
+          const c = document.getElementById('masks'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+          return instances.map(i => {
+            const [x, y, w, h] = i.bbox, p = 4 * (Math.round(y + h / 2) * c.width + Math.round(x + w / 2));
+            return d[p + 3];
+          });
+        }""",
+        expected["instances"],
+    )
+    assert all(alpha > 0 for alpha in tinted), tinted
+    # hovering over a book shows its confidence
+    box = page.locator("#masks").bounding_box()
+    x, y, w, h = expected["instances"][0]["bbox"]
+    scale = box["width"] / 384
+    page.mouse.move(box["x"] + (x + w / 2) * scale + 2, box["y"] + (y + h / 2) * scale + 8)
+    tip = page.locator("#tooltip")
+    tip.wait_for(state="visible")
+    assert tip.inner_text() == f"book 1: {round(expected['instances'][0]['score'] * 100)}% confident"
+
+    shot = get_settings().state_dir / "screenshots" / "serving_page.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shot), full_page=True)
+    print(f"screenshot: {shot}")
+    assert not errors, errors
+    page.close()
+
+
+def test_page_without_a_champion_says_how_to_train_one(settings, browser) -> None:
+    from serving.app import create_app
+
+    with running_server(create_app(settings)) as url:
+        page = browser.new_page()
+        page.goto(f"{url}/")
+        page.wait_for_selector("#notice:not([hidden])")
+        assert "bookcounter train" in page.inner_text("#notice")
+        assert page.inner_text("#model-version") == "no model"
+        page.close()
