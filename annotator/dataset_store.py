@@ -18,14 +18,11 @@ split it got in the first version that held it. New images take the split their 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +30,7 @@ from typing import Any
 
 from bookcounter import masks
 from bookcounter.errors import UserError
+from bookcounter.locks import file_lock
 from bookcounter.images import BadImage, decode_image, sha256_bytes, sha256_file
 
 SPLITS = ("train", "val", "test")
@@ -179,7 +177,7 @@ class DatasetStore:
             checked[item.sha256] = (item, img.width, img.height)
 
         self.root.mkdir(parents=True, exist_ok=True)
-        with self._lock():
+        with file_lock(self.root / ".lock"):
             parent = self.latest()
             frozen = self.frozen_splits()
             records = _records_of(parent) if parent else {}
@@ -223,15 +221,6 @@ class DatasetStore:
             }
             version = self._write_version(name, coco, manifest)
         return CommitResult(version, True, report)
-
-    @contextmanager
-    def _lock(self) -> Iterator[None]:
-        with open(self.root / ".lock", "w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
 
     def _write_blob(self, rel: str, data: bytes) -> None:
         path = self.root / rel

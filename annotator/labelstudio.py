@@ -20,15 +20,14 @@ the server is down or restarting and then raises :class:`LabelStudioUnavailable`
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import mimetypes
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +39,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.converter import brush
 from label_studio_sdk.core.api_error import ApiError
 
+from bookcounter import locks
 from bookcounter.errors import UserError
 from bookcounter.processes import Server
 from bookcounter.settings import Settings
@@ -232,16 +232,9 @@ def _http(settings: Settings, timeout: float = 60.0) -> httpx.Client:
     )
 
 
-@contextmanager
-def file_lock(settings: Settings, name: str) -> Iterator[None]:
-    """An exclusive lock (a file under settings.run_dir) held by one process at a time."""
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    with open(settings.run_dir / f"{name}.lock", "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def file_lock(settings: Settings, name: str) -> AbstractContextManager[bool]:
+    """An exclusive lock (``run_dir/<name>.lock``) held by one process at a time."""
+    return locks.file_lock(settings.run_dir / f"{name}.lock")
 
 
 # --- the project -------------------------------------------------------------------------------

@@ -1,9 +1,8 @@
 """Start the collect -> retrain -> promote loop from the ML backend and return at once.
 
-:func:`start_loop` is the one place that launches the loop. Until the Prefect flows exist it
-runs the ``bookcounter`` CLI steps that are registered (collect, then train and promote) one
-after the other in a detached shell; switching to a Prefect deployment run changes only this
-function. Each run leaves, under ``settings.run_dir / "training"``:
+:func:`start_loop` is the one place that launches the loop: the Prefect ``loop`` flow
+(``bookcounter flows run loop``) in a detached process whose flow run is named after the run
+id, so ops find it in the Prefect UI. Each run leaves, under ``settings.run_dir / "training"``:
 
 - ``<run_id>.json``: pid, steps, reason, start time;
 - ``<run_id>.log``: the steps' output;
@@ -16,7 +15,6 @@ events) so the backend can start the loop every ``settings.retrain_every_n_annot
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shlex
@@ -24,19 +22,13 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from bookcounter.locks import file_lock
 from bookcounter.settings import Settings
 
-# Each loop step and the CLI command paths that may implement it, in order of preference.
-LOOP_STEPS: tuple[tuple[str, tuple[tuple[str, ...], ...]], ...] = (
-    ("collect", (("collect",), ("labelstudio", "collect"))),
-    ("train", (("train",), ("model", "train"))),
-    ("promote", (("promote",), ("model", "promote"))),
-)
+LOOP_COMMAND: tuple[str, ...] = ("flows", "run", "loop")  # bookcounter arguments that run the loop
 
 
 @dataclass
@@ -55,15 +47,15 @@ def start_loop(settings: Settings, reason: str) -> LoopRun:
     """Launch the loop detached (unless one is running) and return its run id at once."""
     d = runs_dir(settings)
     d.mkdir(parents=True, exist_ok=True)
-    with _locked(d / "launch.lock"):
+    with file_lock(d / "launch.lock"):
         running = current_run(settings)
         if running is not None:
             meta = json.loads((d / f"{running}.json").read_text())
             return LoopRun(running, False, meta["steps"], d / f"{running}.log")
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        steps = [" ".join(path) for path in available_steps()]
         exe = Path(sys.executable).with_name("bookcounter")
-        chain = " && ".join(shlex.join([str(exe), *step.split()]) for step in steps) or "true"
+        steps = [" ".join(LOOP_COMMAND)]
+        chain = shlex.join([str(exe), *LOOP_COMMAND, "--run-name", f"loop-{run_id}"])
         rc_file = d / f"{run_id}.rc"
         script = f"( {chain} ); echo $? > {shlex.quote(str(rc_file))}"
         log_file = d / f"{run_id}.log"
@@ -81,31 +73,6 @@ def start_loop(settings: Settings, reason: str) -> LoopRun:
         meta = {"run_id": run_id, "pid": proc.pid, "steps": steps, "reason": reason, "started_at": time.time()}
         (d / f"{run_id}.json").write_text(json.dumps(meta))
         return LoopRun(run_id, True, steps, log_file)
-
-
-def available_steps() -> list[tuple[str, ...]]:
-    """The CLI command path of each loop step that is registered in ``bookcounter``."""
-    import typer.main
-
-    from bookcounter.cli import app
-
-    root = typer.main.get_command(app)
-
-    def exists(path: tuple[str, ...]) -> bool:
-        cmd = root
-        for name in path:
-            sub = getattr(cmd, "commands", {}).get(name)
-            if sub is None:
-                return False
-            cmd = sub
-        return True
-
-    found = []
-    for _, candidates in LOOP_STEPS:
-        path = next((p for p in candidates if exists(p)), None)
-        if path is not None:
-            found.append(path)
-    return found
 
 
 def run_status(settings: Settings, run_id: str) -> str:
@@ -138,7 +105,7 @@ class AnnotationCounter:
     def add(self, n: int, every: int) -> bool:
         """Count ``n`` new annotations; True (and reset) when ``every`` > 0 is reached."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(self.path.with_suffix(".lock")):
+        with file_lock(self.path.with_suffix(".lock")):
             count = self.count() + n
             due = every > 0 and count >= every
             self.path.write_text(json.dumps({"count": 0 if due else count}))
@@ -149,16 +116,6 @@ class AnnotationCounter:
             return int(json.loads(self.path.read_text())["count"])
         except (OSError, ValueError, KeyError, TypeError):
             return 0
-
-
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _alive(pid: int) -> bool:

@@ -11,8 +11,8 @@ import typer
 
 from annotator.cli import collect_command, dataset_app, labelstudio_app, prelabel_command
 from annotator.ml_backend_server import ml_backend_app
-from bookcounter.demo import demo
 from bookcounter.errors import UserError
+from flows.cli import demo, flows_app, ui_prefect
 from serving.cli import serve
 from trainer.cli import evaluate_command, mlflow_ui, promote_command, registry_app, train_command
 
@@ -36,6 +36,8 @@ app.command("promote")(promote_command)
 app.add_typer(registry_app, name="registry")
 ui_app = typer.Typer(help="Start a web UI on 127.0.0.1.", no_args_is_help=True)
 ui_app.command("mlflow")(mlflow_ui)
+ui_app.command("prefect")(ui_prefect)
+app.add_typer(flows_app, name="flows")
 app.add_typer(ui_app, name="ui")
 
 

@@ -30,7 +30,6 @@ def run_flow(
     run_name: str | None = typer.Option(None, help="Name of the flow run shown in the Prefect UI."),
 ) -> None:
     """Run one flow now, in this process (it shows up in the Prefect UI like a scheduled run)."""
-    import flows  # noqa: F401  (configures Prefect before it is imported)
     from flows.loop import collect_flow, loop_flow, retrain_flow, watch_annotations_flow
     from flows.prelabel import prelabel_flow
 
@@ -51,7 +50,6 @@ def run_flow(
 def serve_flows() -> None:
     """Serve all deployments until Ctrl-C: prelabel every 30 s (inbox watch), the annotation-count
     trigger every minute, the loop nightly (BOOKCOUNTER_LOOP_CRON), collect/retrain on demand."""
-    import flows  # noqa: F401
     from flows.deployments import serve_all
 
     serve_all(get_settings())
@@ -67,3 +65,15 @@ def ui_prefect(stop: bool = typer.Option(False, "--stop", help="Stop the Prefect
         typer.echo("stopped" if prefect_ui_server(settings).stop() else "not running")
         return
     typer.echo(f"Prefect UI: {start_ui(settings)}  (log: {prefect_ui_server(settings).log_file})")
+
+
+def demo(
+    first_train_photos: int = typer.Option(40, help="Train photos in the first dataset version; the rest go through the inbox."),
+    budget_minutes: float = typer.Option(10.0, help="Training time budget of each of the two trainings, in minutes."),
+) -> None:
+    """Run the whole loop for real on the sample photos (open-shelves, BOOKCOUNTER_SAMPLE_DIR):
+    first version -> first model -> inbox -> prelabel -> replayed annotations -> collect ->
+    retrain -> promote or reject -> serve. Safe to re-run after an interruption."""
+    from flows.demo import run_demo
+
+    run_demo(get_settings(), first_train_photos, budget_minutes)

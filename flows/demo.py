@@ -100,17 +100,13 @@ def _start_services(settings: Settings) -> dict[str, str]:
     exe = str(Path(sys.executable).with_name("bookcounter"))
     page = f"http://{settings.serve_host}:{settings.serve_port}"
     Server("serving", settings.run_dir).start([exe, "serve"], f"{page}/healthz", timeout=120)
-    mlflow_ui = f"http://127.0.0.1:{settings.mlflow_ui_port}"
-    Server("mlflow-ui", settings.run_dir).start(
-        [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", settings.mlflow_tracking_uri,
-         "--host", "127.0.0.1", "--port", str(settings.mlflow_ui_port)],
-        mlflow_ui, timeout=120,
-    )
+    from trainer import registry
+
     return {
         "web page": page,
         "Label Studio": settings.ls_url,
         "Prefect UI": start_ui(settings),
-        "MLflow UI": mlflow_ui,
+        "MLflow UI": registry.start_ui(settings),
     }
 
 
@@ -124,14 +120,19 @@ def _summary(settings: Settings, before, first, urls: dict[str, str], seconds: f
         m = v.manifest()
         versions.add_row(v.name, m["parent"] or "-", *(f"{m['counts'][s]['images']} photos / {m['counts'][s]['books']} books" for s in SPLITS))
     console.print(versions)
-    decisions = Table("model", "dataset", "decision", "count MAE (test)", "mask AP (test)", "champion then", "reason")
-    for d in promote.history():
-        cm = d.get("candidate_metrics") or {}
+    decisions = Table("model", "dataset", "decision", "count MAE (test)", "mask AP (test)",
+                      "champion then", "its MAE", "its mask AP")
+    history = promote.history()
+    for d in history:
+        cm, ch = d.get("candidate_metrics") or {}, d.get("champion_metrics") or {}
         decisions.add_row(
             d["candidate"], d["dataset_version"], d["decision"], _num(cm.get("count_mae")), _num(cm.get("segm_AP")),
-            d.get("champion") or "-", d["reason"],
+            d.get("champion") or f"none (median baseline MAE {_num(d.get('baseline_count_mae'))})",
+            _num(ch.get("count_mae")), _num(ch.get("segm_AP")),
         )
     console.print(decisions)
+    for d in history:
+        console.print(f"model {d['candidate']} {d['decision']}: {d['reason']}")
     from trainer import registry
 
     now = registry.champion()

@@ -11,10 +11,7 @@
 
 from __future__ import annotations
 
-import fcntl
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow, get_run_logger, task
@@ -23,6 +20,7 @@ from prefect.events import emit_event
 
 from annotator import labelstudio
 from annotator.cli import open_store
+from bookcounter.locks import file_lock
 from bookcounter.settings import get_settings
 
 ANNOTATIONS_READY = "bookcounter.annotations.ready"
@@ -30,8 +28,11 @@ ANNOTATIONS_READY = "bookcounter.annotations.ready"
 
 @task(retries=2, retry_delay_seconds=10, timeout_seconds=300)
 def ensure_labelstudio() -> str:
-    """Start Label Studio if it is not running (or fail with a clear message); never hangs."""
-    return labelstudio.start_server(get_settings()).line()
+    """Use the Label Studio that answers at the configured URL, else start ours (or fail clearly)."""
+    settings = get_settings()
+    if labelstudio.is_healthy(settings):
+        return f"Label Studio answers at {settings.ls_url}"
+    return labelstudio.start_server(settings).line()
 
 
 @task(retries=2, retry_delay_seconds=15, timeout_seconds=1800)
@@ -59,29 +60,25 @@ def collect_flow() -> str | None:
     return made["version"]
 
 
-@contextmanager
-def _exclusive(name: str) -> Iterator[bool]:
-    """A non-blocking process lock under ``run_dir``; yields False when another run holds it."""
-    settings = get_settings()
-    settings.run_dir.mkdir(parents=True, exist_ok=True)
-    with open(settings.run_dir / f"{name}.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+def train_config(dataset: str, max_minutes: float | None, recipe: dict[str, Any] | None):
+    """The trainer's default recipe for this device, with ``recipe`` overrides (``model`` merged key by key)."""
+    from trainer.train import TrainConfig, default_device
+
+    base = TrainConfig(dataset=dataset, device=default_device(), max_minutes=max_minutes).to_dict()
+    recipe = dict(recipe or {})
+    base["model"].update(recipe.pop("model", {}))
+    cfg = TrainConfig.from_dict({**base, **recipe, "dataset": dataset})
+    if max_minutes is not None and "epochs" not in recipe:
+        cfg.epochs = 10_000  # the time budget, not an epoch count, ends the run and shapes its LR
+    return cfg
 
 
 @task(timeout_seconds=4 * 3600)
-def train_task(dataset: str, max_minutes: float | None) -> str:
-    from trainer.train import TrainConfig, default_device, train_and_save
+def train_task(dataset: str, max_minutes: float | None, recipe: dict[str, Any] | None) -> str:
+    from trainer.train import train_and_save
 
     settings = get_settings()
-    cfg = TrainConfig(dataset=dataset, device=default_device(), max_minutes=max_minutes)
+    cfg = train_config(dataset, max_minutes, recipe)
     run_dir = settings.runs_dir / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     return str(train_and_save(cfg, open_store(), run_dir, log=get_run_logger().info))
 
@@ -103,13 +100,22 @@ def promote_task(candidate: str) -> dict[str, Any]:
 
 
 @flow(name="retrain", log_prints=True)
-def retrain_flow(dataset: str | None = None, max_minutes: float | None = None) -> dict[str, Any] | None:
-    """Train a candidate on ``dataset`` (default: the newest version), then promote or reject it."""
+def retrain_flow(
+    dataset: str | None = None, max_minutes: float | None = None, recipe: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Train a candidate on ``dataset`` (default: the newest version), then promote or reject it.
+
+    ``max_minutes`` is a training time budget; ``recipe`` overrides fields of the trainer's
+    default config, e.g. ``{"epochs": 20, "model": {"image_size": 384}}``.
+    """
     from trainer import registry
 
     store = open_store()
+    if dataset is None and store.latest() is None:
+        print("retrain: no dataset version yet; nothing to train on")
+        return None
     version = store.get(dataset or "latest").name
-    with _exclusive("retrain") as mine:
+    with file_lock(get_settings().run_dir / "retrain.lock", blocking=False) as mine:
         if not mine:
             print("retrain: another retrain is running; this one exits")
             return None
@@ -117,7 +123,7 @@ def retrain_flow(dataset: str | None = None, max_minutes: float | None = None) -
         if existing:
             print(f"retrain: {version} already has candidate model version {existing[-1].version}; skipped")
             return None
-        candidate = register_task(train_task(version, max_minutes))
+        candidate = register_task(train_task(version, max_minutes, recipe))
         decision = promote_task(candidate)
     create_markdown_artifact(_decision_markdown(decision), key="promotion-decision")
     print(f"retrain: model version {candidate}: {decision['decision']} ({decision['reason']})")
@@ -125,14 +131,14 @@ def retrain_flow(dataset: str | None = None, max_minutes: float | None = None) -
 
 
 @flow(name="loop", log_prints=True)
-def loop_flow(max_minutes: float | None = None) -> dict[str, Any] | None:
+def loop_flow(max_minutes: float | None = None, recipe: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Collect then retrain; the retrain is skipped when the dataset already has a candidate."""
     collect_flow()
-    return retrain_flow(max_minutes=max_minutes)
+    return retrain_flow(max_minutes=max_minutes, recipe=recipe)
 
 
 @flow(name="watch-annotations", log_prints=True)
-def watch_annotations_flow(threshold: int | None = None) -> int:
+def watch_annotations_flow(threshold: int | None = None, recipe: dict[str, Any] | None = None) -> int:
     """Start ``loop`` when enough new human annotations have arrived; returns how many are new."""
     from annotator.collect import pending_annotations
 
@@ -147,7 +153,7 @@ def watch_annotations_flow(threshold: int | None = None) -> int:
             resource={"prefect.resource.id": f"bookcounter.label-studio.{settings.ls_project_title}"},
             payload={"pending": pending, "threshold": threshold},
         )
-        loop_flow()
+        loop_flow(recipe=recipe)
     return pending
 
 

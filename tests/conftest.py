@@ -3,31 +3,27 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bookcounter.settings import REPO_ROOT, Settings, get_settings
+# Before any test module is imported (some configure Prefect at import): all state goes to a
+# temp dir for the whole session, so tests never touch ./var.
+SESSION_STATE_DIR = Path(tempfile.mkdtemp(prefix="bookcounter-tests-"))
+os.environ["BOOKCOUNTER_STATE_DIR"] = str(SESSION_STATE_DIR)
+
+from bookcounter.settings import REPO_ROOT, Settings, get_settings  # noqa: E402
 
 pytest_plugins: list[str] = ["fixtures_labelstudio", "fixtures_sam", "fixtures_trainer", "fixtures_serving"]
 
 SAMPLE_DIR = Path(os.environ.get("BOOKCOUNTER_SAMPLE_DIR", REPO_ROOT.parent / "shared" / "data" / "open-shelves"))
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _session_state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Point all state at a temp dir for the whole session: tests never touch ./var."""
-    state = tmp_path_factory.mktemp("state")
-    old = os.environ.get("BOOKCOUNTER_STATE_DIR")
-    os.environ["BOOKCOUNTER_STATE_DIR"] = str(state)
-    get_settings.cache_clear()
-    yield state
-    if old is None:
-        os.environ.pop("BOOKCOUNTER_STATE_DIR", None)
-    else:
-        os.environ["BOOKCOUNTER_STATE_DIR"] = old
-    get_settings.cache_clear()
+@pytest.fixture(scope="session")
+def session_state_dir() -> Path:
+    return SESSION_STATE_DIR
 
 
 @pytest.fixture

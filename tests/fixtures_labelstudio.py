@@ -33,7 +33,7 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def labelstudio(tmp_path_factory: pytest.TempPathFactory, _session_state_dir: Path) -> Iterator[Settings]:
+def labelstudio(tmp_path_factory: pytest.TempPathFactory, session_state_dir: Path) -> Iterator[Settings]:
     """The running server's own settings (session-scoped)."""
     port = free_port()
     old = os.environ.get("BOOKCOUNTER_LS_PORT")

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from annotator.coco_import import read_coco
-from annotator.dataset_store import DatasetError, DatasetStore, NewImage, hash_split
+from annotator.dataset_store import DatasetStore, NewImage, hash_split
 from bookcounter import masks
 
 
@@ -221,3 +221,15 @@ def _assert_cli_error(tmp_path: Path, src: Path, needles: list[str]) -> None:
     for needle in needles:
         assert needle in lines[0]
     assert _tree(state / "datasets") == before
+
+
+def test_open_shelves_imports_as_v0001_with_its_splits(sample_dir: Path, tmp_path: Path) -> None:
+    """The README's import of the real sample: 100 train / 34 val / 15 test photos, 3034 books."""
+    files = [sample_dir / f"{split}.json" for split in ("train", "val", "test")]
+    r = _cli("dataset", "import-coco", *map(str, files), "--images", str(sample_dir), state=tmp_path / "state")
+    assert r.returncode == 0, r.stderr
+    assert "created v0001  100 train, 34 val, 15 test photos, 3034 books" in r.stdout
+    store = DatasetStore(tmp_path / "state" / "datasets")
+    assert store.verify("v0001") == []
+    originals = {im["original_file_name"].split("/")[0] for im in store.get("v0001").coco("test")["images"]}
+    assert originals == {"test"}  # the source's own test split is kept

@@ -66,11 +66,6 @@ def test_annotation_counter_fires_every_n_and_survives_a_restart(settings):
     assert counter.add(5, every=0) is False and counter.count() == 5  # 0 = off
 
 
-def test_loop_steps_are_the_registered_cli_commands():
-    steps = training_trigger.available_steps()
-    assert ("collect",) in steps  # the others appear as the trainer registers them
-
-
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (64, 64), (700, 400)])
 @pytest.mark.parametrize("density", [0.0, 0.001, 0.5, 1.0])
 def test_fast_brush_rle_is_the_sdk_encoding_bit_for_bit(shape, density):

@@ -64,7 +64,7 @@ def test_photos_become_tasks_with_sam_predictions_once(ls_settings: Settings, se
 
 
 def test_a_6000px_photo_is_segmented_at_full_size(ls_settings: Settings, segmenter) -> None:
-    big = save_photo(shelf_photo(6000, 1500, seed=7), ls_settings.inbox_dir / "wide.jpg", quality=85)
+    save_photo(shelf_photo(6000, 1500, seed=7), ls_settings.inbox_dir / "wide.jpg", quality=85)
     report = prelabel(masker=Masker(segmenter, BoxesFromLayout(max_boxes=1)))
     assert list(report.imported) == ["wide.jpg"]
     (task,) = tasks_of(ls_settings)

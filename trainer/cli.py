@@ -179,14 +179,12 @@ def list_command() -> None:
     console.print(table)
 
 
-def mlflow_ui() -> None:
-    """Start the MLflow UI on 127.0.0.1 (settings.mlflow_ui_port) over the SQLite store; Ctrl-C stops it."""
-    import subprocess
-    import sys
+def mlflow_ui(stop: bool = typer.Option(False, "--stop", help="Stop the MLflow UI instead.")) -> None:
+    """Start the MLflow UI on 127.0.0.1 (BOOKCOUNTER_MLFLOW_UI_PORT) over the SQLite store, in the
+    background (log and pid file in var/run); --stop ends it."""
+    from trainer import registry
 
-    s = get_settings()
-    s.mlflow_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(s.mlflow_ui_port),
-           "--backend-store-uri", s.mlflow_tracking_uri, "--default-artifact-root", (s.mlflow_dir / "artifacts").as_uri()]
-    console.print(f"MLflow UI on http://127.0.0.1:{s.mlflow_ui_port}")
-    raise typer.Exit(subprocess.call(cmd))
+    if stop:
+        console.print("stopped" if registry.ui_server(get_settings()).stop() else "not running")
+        return
+    console.print(f"MLflow UI: {registry.start_ui(get_settings())}")

@@ -60,6 +60,8 @@ class Predictor:
         """Instances with score >= ``threshold`` (default: the counting threshold chosen on val), best first."""
         thr = self.threshold if threshold is None else threshold
         t, scale = self._input(image)
+        # Candidates below the threshold never reach the mask head (it costs ~70% of a CPU call).
+        self.model.roi_heads.score_thresh = thr
         out = self.model([t])[0]
         keep = out["scores"] >= thr
         probs = out["masks"][keep]  # (N,1,h,w) at the shrunk size

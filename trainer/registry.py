@@ -16,7 +16,8 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from bookcounter.errors import UserError
-from bookcounter.settings import get_settings
+from bookcounter.processes import Server
+from bookcounter.settings import Settings, get_settings
 
 CHAMPION = "champion"
 _clients: dict[str, Any] = {}
@@ -166,3 +167,20 @@ def tag_version(version: str, tags: dict[str, str]) -> None:
     name = get_settings().registered_model_name
     for k, v in tags.items():
         client.set_model_version_tag(name, str(version), k, v[:5000])
+
+
+def ui_server(settings: Settings) -> Server:
+    return Server("mlflow-ui", settings.run_dir)
+
+
+def start_ui(settings: Settings) -> str:
+    """Start ``mlflow ui`` on 127.0.0.1 over the SQLite store (unless running); returns its URL."""
+    import sys
+
+    settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{settings.mlflow_ui_port}"
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(settings.mlflow_ui_port),
+           "--backend-store-uri", settings.mlflow_tracking_uri,
+           "--default-artifact-root", (settings.mlflow_dir / "artifacts").as_uri()]
+    ui_server(settings).start(cmd, url, timeout=120)
+    return url

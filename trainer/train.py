@@ -40,7 +40,10 @@ class TrainConfig:
     device: str = "cpu"
     init: str = "none"
     threads: int = 0  # 0: auto, the cores not busy right now (see cpu_threads)
-    max_minutes: float | None = None  # stop after the epoch that crosses this wall-clock budget
+    # A wall-clock budget: the LR schedule follows the elapsed share of it (or of the epochs, if
+    # further along) and training stops when it is spent, mid-epoch if need be. Time-budgeted
+    # runs are not bit-reproducible; epoch-bounded ones (and their --resume) are.
+    max_minutes: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -79,12 +82,19 @@ def cpu_threads() -> int:
     return max(1, min(cores, cores - busy))
 
 
-def lr_at(it: int, total: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to 1% of ``lr`` at the last iteration."""
+def lr_at(it: int, progress: float, cfg: TrainConfig) -> float:
+    """Linear warmup over ``warmup_iters``, then cosine decay to 1% of ``lr`` as ``progress`` goes 0 -> 1."""
     if it < cfg.warmup_iters:
         return cfg.lr * (0.1 + 0.9 * it / cfg.warmup_iters)
-    t = (it - cfg.warmup_iters) / max(1, total - cfg.warmup_iters)
-    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _progress(it: int, total: int, started: float, max_minutes: float | None) -> float:
+    """Share of the run done: of the iterations, or of the time budget if that is further along."""
+    share = it / max(1, total)
+    if max_minutes is not None:
+        share = max(share, (time.monotonic() - started) / (max_minutes * 60))
+    return share
 
 
 def open_version(store: DatasetStore, name: str) -> DatasetVersion:
@@ -161,11 +171,16 @@ def train(
         model.train()
         sums: dict[str, float] = {}
         t0 = time.monotonic()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        epoch_start_iters = len(iter_losses)
+        label = f"epoch {epoch + 1} ({cfg.max_minutes:g}-min budget)" if cfg.max_minutes else f"epoch {epoch + 1}/{cfg.epochs}"
+        bar = tqdm(loader, desc=label, disable=not progress, leave=False)
         for i, (images, targets) in enumerate(bar):
             it = epoch * iters_per_epoch + i
+            share = _progress(it, total, started, cfg.max_minutes)
+            if share >= 1.0:
+                break
             for g in optimizer.param_groups:
-                g["lr"] = lr_at(it, total, cfg)
+                g["lr"] = lr_at(it, share, cfg)
             images = [im.to(device) for im in images]
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
             with torch.autocast(device.type, enabled=device.type == "cuda"):
@@ -184,15 +199,17 @@ def train(
                 sums[k] = sums.get(k, 0.0) + v.item()
             sums["loss"] = sums.get("loss", 0.0) + loss.item()
             bar.set_postfix({k.removeprefix("loss_"): f"{v / (i + 1):.3f}" for k, v in sums.items()})
-        row = {k: v / iters_per_epoch for k, v in sums.items()}
-        row.update(epoch=epoch + 1, lr=lr_at((epoch + 1) * iters_per_epoch - 1, total, cfg), seconds=time.monotonic() - t0)
+        done = max(1, len(iter_losses) - epoch_start_iters)
+        row = {k: v / done for k, v in sums.items()}
+        row.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], seconds=time.monotonic() - t0)
         history.append(row)
         _save_checkpoint(ckpt_path, model, optimizer, scaler, epoch, history, iter_losses, cfg, init_loaded)
-        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.3f} ({row['seconds']:.0f} s)")
+        log(f"{label}: loss {row['loss']:.3f} ({row['seconds']:.0f} s)")
         if on_epoch is not None:
             on_epoch(epoch, row)
-        if cfg.max_minutes is not None and time.monotonic() - started > cfg.max_minutes * 60:
-            log(f"stopping after epoch {epoch + 1}: the {cfg.max_minutes:g}-minute budget is spent")
+        if _progress((epoch + 1) * iters_per_epoch, total, started, cfg.max_minutes) >= 1.0:
+            if cfg.max_minutes is not None and epoch + 1 < cfg.epochs:
+                log(f"stopping in epoch {epoch + 1}: the {cfg.max_minutes:g}-minute budget is spent")
             break
     model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     return TrainResult(model, cfg, version, history, iter_losses, init_loaded, run_dir)

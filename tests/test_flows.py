@@ -1,0 +1,96 @@
+"""The Prefect flows, run for real (ephemeral Prefect server) against the real Label Studio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_labelstudio import save_photo, shelf_photo
+from fixtures_trainer import make_synthetic_store, tiny_train_config
+
+from annotator import labelstudio
+from annotator.cli import open_store
+from bookcounter.locks import file_lock
+from bookcounter.settings import Settings
+from flows.loop import collect_flow, retrain_flow, watch_annotations_flow
+from flows.prelabel import prelabel_flow
+from trainer import promote
+
+
+def _recipe(epochs: int = 3) -> dict:
+    cfg = tiny_train_config("unused", epochs=epochs).to_dict()
+    cfg.pop("dataset")
+    return cfg
+
+
+def _drop_photos(settings: Settings, seeds: list[int]) -> list[Path]:
+    settings.inbox_dir.mkdir(parents=True, exist_ok=True)
+    return [save_photo(shelf_photo(seed=s), settings.inbox_dir / f"shelf-{s}.jpg") for s in seeds]
+
+
+def _annotate_all(settings: Settings) -> int:
+    """A person paints one book (a rectangle) on every task; returns how many were annotated."""
+    ls = labelstudio.client(settings)
+    project = labelstudio.ensure_project(settings)
+    tasks = labelstudio.task_shas(settings, project)
+    for task_id in tasks.values():
+        mask = np.zeros((120, 160), bool)
+        mask[20:100, 30:50] = True
+        ls.annotations.create(id=task_id, result=[labelstudio.brush_result(mask)], lead_time=12.0)
+    return len(tasks)
+
+
+def test_prelabel_flow_twice_gives_one_task_per_photo(ls_settings: Settings) -> None:
+    photos = _drop_photos(ls_settings, [1, 2])
+    first = prelabel_flow()
+    assert first == {"imported": 2, "already_there": 0, "rejected": 0}
+    for p in photos:  # the same photos arrive again
+        save_photo(shelf_photo(seed=int(p.stem.split("-")[1])), p)
+    second = prelabel_flow()
+    assert second == {"imported": 0, "already_there": 2, "rejected": 0}
+    assert len(labelstudio.task_shas(ls_settings, labelstudio.ensure_project(ls_settings))) == 2
+    assert prelabel_flow()["imported"] == 0  # empty inbox: nothing to do
+
+
+def test_collect_flow_makes_one_version_per_change(ls_settings: Settings) -> None:
+    _drop_photos(ls_settings, [3, 4])
+    prelabel_flow()
+    assert collect_flow() is None  # predictions alone are no dataset
+    assert _annotate_all(ls_settings) == 2
+    assert collect_flow() == "v0001"
+    assert collect_flow() is None  # nothing new since
+    assert [v.name for v in open_store().versions()] == ["v0001"]
+
+
+def test_retrain_flow_records_one_decision_and_skips_a_trained_version(settings: Settings) -> None:
+    make_synthetic_store(settings.datasets_dir, {"train": 6, "val": 2, "test": 2})
+    decision = retrain_flow(recipe=_recipe())
+    assert decision is not None and decision["decision"] in ("promoted", "rejected")
+    history = promote.history()
+    assert len(history) == 1 and history[0]["dataset_version"] == "v0001"
+    assert history[0]["candidate_metrics"]["count_mae"] >= 0
+    assert retrain_flow(recipe=_recipe()) is None  # v0001 already has a candidate
+    assert len(promote.history()) == 1
+
+
+def test_a_second_retrain_while_one_runs_exits_without_training(settings: Settings) -> None:
+    make_synthetic_store(settings.datasets_dir, {"train": 4, "val": 2, "test": 2})
+    with file_lock(settings.run_dir / "retrain.lock") as mine:
+        assert mine
+        assert retrain_flow(recipe=_recipe(epochs=1)) is None
+    assert promote.history() == []
+
+
+@pytest.mark.parametrize("threshold", [2])
+def test_annotation_count_trigger_starts_the_loop(ls_settings: Settings, threshold: int) -> None:
+    make_synthetic_store(ls_settings.datasets_dir, {"train": 4, "val": 2, "test": 2})  # v0001, as if annotated before
+    _drop_photos(ls_settings, [5, 6])
+    prelabel_flow()
+    assert watch_annotations_flow(threshold=threshold, recipe=_recipe()) == 0  # nothing annotated yet
+    assert [v.name for v in open_store().versions()] == ["v0001"]
+    _annotate_all(ls_settings)
+    assert watch_annotations_flow(threshold=threshold, recipe=_recipe()) == 2
+    # The loop ran: collect made v0002 and retrain judged a candidate trained on it.
+    assert [v.name for v in open_store().versions()] == ["v0001", "v0002"]
+    assert [d["dataset_version"] for d in promote.history()] == ["v0002"]
