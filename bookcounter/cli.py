@@ -5,9 +5,14 @@ Heavy libraries (torch, mlflow, prefect) are imported inside commands, so ``--he
 
 from __future__ import annotations
 
+import os
 import sys
 
-import typer
+# Before torch is imported by any command: idle OpenMP threads sleep instead of spinning, so
+# training and inference degrade gracefully when the cores are shared with other servers.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import typer  # noqa: E402
 
 from annotator.cli import collect_command, dataset_app, labelstudio_app, prelabel_command
 from annotator.ml_backend_server import ml_backend_app

@@ -13,6 +13,9 @@ import pytest
 # temp dir for the whole session, so tests never touch ./var.
 SESSION_STATE_DIR = Path(tempfile.mkdtemp(prefix="bookcounter-tests-"))
 os.environ["BOOKCOUNTER_STATE_DIR"] = str(SESSION_STATE_DIR)
+# Prefect's INFO lines add nothing to test output, and its last one ("Stopping temporary
+# server", logged at exit to pytest's already closed stream) would end the run with a traceback.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from bookcounter.settings import REPO_ROOT, Settings, get_settings  # noqa: E402
 

@@ -71,15 +71,14 @@ def default_device() -> str:
 
 
 def cpu_threads() -> int:
-    """Threads for CPU training: the cores not busy now, at least 1.
+    """Threads for CPU training: every core.
 
-    Measured on this 2-core machine while others were using it: one training iteration took
-    0.7-0.8 s with 1 thread and 2-10 s with 2 threads (OpenMP threads wait on each other when
-    the cores are oversubscribed); on idle cores 2 threads are faster.
+    Measured on this 2-core machine, idle: 2.50 train img/s with 2 threads vs 1.72 with 1
+    (mobilenet_v3_fpn, GroupNorm, 512 px; ``bench/train_throughput.py --threads N``). When the
+    cores are shared, busy-waiting OpenMP threads slow each other down badly; the CLI sets
+    ``OMP_WAIT_POLICY=PASSIVE`` so they sleep instead (2.27 img/s idle with it).
     """
-    cores = os.cpu_count() or 1
-    busy = round(os.getloadavg()[0])
-    return max(1, min(cores, cores - busy))
+    return os.cpu_count() or 1
 
 
 def lr_at(it: int, progress: float, cfg: TrainConfig) -> float:
