@@ -49,7 +49,17 @@ def run_flow(
 @flows_app.command("serve")
 def serve_flows() -> None:
     """Serve all deployments until Ctrl-C: prelabel every 30 s (inbox watch), the annotation-count
-    trigger every minute, the loop nightly (BOOKCOUNTER_LOOP_CRON), collect/retrain on demand."""
+    trigger every minute, the loop nightly (BOOKCOUNTER_LOOP_CRON), collect/retrain on demand.
+
+    Schedules need Prefect's scheduler, which the temporary (ephemeral) server does not run, so
+    this first starts the Prefect server and UI in the background (as `bookcounter ui prefect`)."""
+    import os
+
+    from flows.prefect_server import start_ui
+
+    url = start_ui(get_settings())
+    os.environ["PREFECT_API_URL"] = f"{url}/api"  # before Prefect is imported below
+    typer.echo(f"Prefect UI: {url}")
     from flows.deployments import serve_all
 
     serve_all(get_settings())

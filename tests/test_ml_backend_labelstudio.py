@@ -225,6 +225,7 @@ def test_start_training_and_every_n_annotations_start_the_loop(
     labelstudio: Settings, ls_settings: Settings, sample_dir: Path, monkeypatch: pytest.MonkeyPatch
 ):
     monkeypatch.setattr(training_trigger, "LOOP_COMMAND", ("flows", "run", "collect"))  # the loop's first step only
+    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "INFO")  # the run's log shows what the flow printed
     settings = ls_settings.model_copy(update={"retrain_every_n_annotations": 2})
     ls = ls_api.client(settings)
     project = ls_api.ensure_project(settings)
