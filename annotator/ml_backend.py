@@ -334,8 +334,8 @@ def create_app(backend: Backend | None = None) -> FastAPI:
 
     def start_training(reason: str) -> dict[str, Any]:
         run = training_trigger.start_loop(settings, reason)
-        log.info("%s loop run %s (%s): %s", "started" if run.started else "already running:", run.run_id, reason, run.steps)
-        return {"status": "ok", "job": run.run_id, "run_id": run.run_id, "started": run.started, "steps": run.steps}
+        log.info("%s loop run %s (%s): %s", "started" if run.started else "already running:", run.run_id, reason, run.command)
+        return {"status": "ok", "job": run.run_id, "run_id": run.run_id, "started": run.started, "command": run.command}
 
     @app.post("/webhook", status_code=201)
     def webhook(body: dict[str, Any] = Body(...)) -> dict[str, Any]:

@@ -4,8 +4,8 @@
 (``bookcounter flows run loop``) in a detached process whose flow run is named after the run
 id, so ops find it in the Prefect UI. Each run leaves, under ``settings.run_dir / "training"``:
 
-- ``<run_id>.json``: pid, steps, reason, start time;
-- ``<run_id>.log``: the steps' output;
+- ``<run_id>.json``: pid, command, reason, start time;
+- ``<run_id>.log``: the flow's output;
 - ``<run_id>.rc``: the exit status, written when the run ends.
 
 At most one run at a time: while one is alive, :func:`start_loop` returns its id instead of
@@ -35,7 +35,7 @@ LOOP_COMMAND: tuple[str, ...] = ("flows", "run", "loop")  # bookcounter argument
 class LoopRun:
     run_id: str
     started: bool  # False: a run was already in progress and this is its id
-    steps: list[str]
+    command: str
     log_file: Path
 
 
@@ -51,10 +51,9 @@ def start_loop(settings: Settings, reason: str) -> LoopRun:
         running = current_run(settings)
         if running is not None:
             meta = json.loads((d / f"{running}.json").read_text())
-            return LoopRun(running, False, meta["steps"], d / f"{running}.log")
+            return LoopRun(running, False, meta["command"], d / f"{running}.log")
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         exe = Path(sys.executable).with_name("bookcounter")
-        steps = [" ".join(LOOP_COMMAND)]
         chain = shlex.join([str(exe), *LOOP_COMMAND, "--run-name", f"loop-{run_id}"])
         rc_file = d / f"{run_id}.rc"
         script = f"( {chain} ); echo $? > {shlex.quote(str(rc_file))}"
@@ -70,9 +69,9 @@ def start_loop(settings: Settings, reason: str) -> LoopRun:
                 env=os.environ.copy(),
                 start_new_session=True,  # survives the backend; never its child's signals
             )
-        meta = {"run_id": run_id, "pid": proc.pid, "steps": steps, "reason": reason, "started_at": time.time()}
+        meta = {"run_id": run_id, "pid": proc.pid, "command": chain, "reason": reason, "started_at": time.time()}
         (d / f"{run_id}.json").write_text(json.dumps(meta))
-        return LoopRun(run_id, True, steps, log_file)
+        return LoopRun(run_id, True, chain, log_file)
 
 
 def run_status(settings: Settings, run_id: str) -> str:

@@ -167,3 +167,26 @@ def test_label_studio_restarting_mid_import(ls_settings: Settings, labelstudio: 
     tasks = tasks_of(ls_settings)
     assert len(tasks) == len({t["data"]["sha256"] for t in tasks}) == 3
     assert ls_api.server_status(labelstudio).healthy
+
+
+def test_champion_boxes_prompt_sam_and_without_sam_its_own_masks_answer(segmenter, tiny_model_dir: Path) -> None:
+    """Paths (a) and (c): the real champion Mask R-CNN's boxes -> SAM masks, or its mask head alone."""
+    from fixtures_trainer import synthetic_photo
+
+    from trainer.predictor import Predictor
+
+    champion = Predictor(tiny_model_dir, device="cpu", model_version="7")
+    champion.threshold = 0.05  # the tiny model is weak; this test is about the paths, not quality
+    photo, _ = synthetic_photo(seed=123, n_books=4)
+    instances = champion.predict(photo)
+    assert instances, "the tiny champion should find the synthetic books"
+    with_sam = Masker(segmenter, champion)
+    assert with_sam.model_version == "sam-vit_t+maskrcnn-v7"
+    found = with_sam(photo, "ab12cd34")
+    assert 0 < len(found) <= len(instances)  # one SAM mask per champion box (empty ones dropped)
+    assert all(m.shape == (photo.height, photo.width) for m, _ in found)
+    assert {s for _, s in found} <= {i.score for i in instances}  # each mask keeps its box's score
+    alone = Masker(None, champion)
+    own = alone(photo, "ab12cd34")
+    assert alone.model_version == "maskrcnn-v7" and len(own) == len([i for i in instances if i.mask.any()])
+    assert all(np.array_equal(m, i.mask) for (m, _), i in zip(own, [i for i in instances if i.mask.any()]))
