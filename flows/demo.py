@@ -127,8 +127,9 @@ def _summary(settings: Settings, before, first, urls: dict[str, str], seconds: f
         cm, ch = d.get("candidate_metrics") or {}, d.get("champion_metrics") or {}
         decisions.add_row(
             d["candidate"], d["dataset_version"], d["decision"], _num(cm.get("count_mae")), _num(cm.get("segm_AP")),
-            d.get("champion") or f"none (median baseline MAE {_num(d.get('baseline_count_mae'))})",
-            _num(ch.get("count_mae")), _num(ch.get("segm_AP")),
+            d.get("champion") or "none",
+            _num(ch.get("count_mae")) if ch else f"{_num(d.get('baseline_count_mae'))} (baseline)",
+            _num(ch.get("segm_AP")),
         )
     console.print(decisions)
     for d in history:
