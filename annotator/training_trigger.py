@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bookcounter.locks import file_lock
+from bookcounter.processes import is_alive
 from bookcounter.settings import Settings
 
 LOOP_COMMAND: tuple[str, ...] = ("flows", "run", "loop")  # bookcounter arguments that run the loop
@@ -83,7 +84,7 @@ def run_status(settings: Settings, run_id: str) -> str:
     if rc.is_file():
         return "finished" if rc.read_text().strip() == "0" else "failed"
     pid = json.loads((d / f"{run_id}.json").read_text())["pid"]
-    return "started" if _alive(pid) else "failed"
+    return "started" if is_alive(pid) else "failed"
 
 
 def current_run(settings: Settings) -> str | None:
@@ -115,16 +116,3 @@ class AnnotationCounter:
             return int(json.loads(self.path.read_text())["count"])
         except (OSError, ValueError, KeyError, TypeError):
             return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a finished child of this process is a zombie until reaped
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        return True

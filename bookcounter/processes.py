@@ -37,8 +37,9 @@ class Server:
         """The pid if our process is alive, else None (a stale pid file is removed)."""
         try:
             pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
         except (OSError, ValueError):
+            return None
+        if not is_alive(pid):
             self.pid_file.unlink(missing_ok=True)
             return None
         return pid
@@ -71,9 +72,9 @@ class Server:
         try:
             os.killpg(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _alive(pid):
+            while time.monotonic() < deadline and is_alive(pid):
                 time.sleep(0.2)
-            if _alive(pid):
+            if is_alive(pid):
                 os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
@@ -95,15 +96,15 @@ def wait_healthy(url: str, timeout: float, server: Server, proc: subprocess.Pope
     raise UserError(f"{server.name} did not answer on {url} within {timeout:.0f} s; see {server.log_file}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
+def is_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a finished child of ours, a zombie until reaped, does not)."""
     try:
         os.kill(pid, 0)
-    except OSError:
+    except ProcessLookupError:
         return False
-    return True
+    except PermissionError:
+        return True
+    try:
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:  # not our child: kill(0) said it exists
+        return True

@@ -18,8 +18,7 @@ def ui_url(settings: Settings) -> str:
 
 
 def configure_prefect_env(settings: Settings) -> None:
-    """Set Prefect's environment for this process (before ``import prefect``)."""
-    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+    """Set Prefect's environment for this process (before ``import prefect``, which creates the home dir)."""
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
