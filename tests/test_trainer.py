@@ -147,3 +147,21 @@ def test_init_file_checks_readability_and_shapes(tmp_path: Path, tiny_model_dir:
     # coco/imagenet weights are never downloaded: an empty hub cache means "train from scratch"
     assert load_init(model, cfg, "imagenet", tmp_path) == ""
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_anchors_fit_tall_spines_and_books_lying_flat() -> None:
+    """Every book shape of the sample (h/w 1/16..16, 40-180 px square-equivalent at 384) has an anchor the RPN can match."""
+    from torchvision.ops import box_iou
+
+    from trainer.model import anchors_for
+
+    anchors = anchors_for(ModelConfig())
+    boxes = []
+    for ratio in (1 / 16, 1 / 8, 1 / 3, 1, 3, 8, 16):
+        for side in (40, 80, 180):
+            w, h = side / ratio**0.5, side * ratio**0.5
+            for x, y in ((50, 30), (123, 77)):
+                boxes.append([x, y, x + w, y + h])
+    best = box_iou(torch.tensor(boxes), anchors).max(1).values
+    assert best.min() >= 0.4, best.min()
+    assert best.median() >= 0.6, best.median()
