@@ -1,6 +1,8 @@
 """Train from scratch on the v0001 train split within CPU budgets; report test count MAE, mask AP, AP50.
 
-Needs the sample imported (``bookcounter demo``). Each budget (minutes) is a wall-clock
+Needs ``v0001`` to hold the whole sample (100 train photos; ``bookcounter demo`` imports only
+40): ``bookcounter dataset import-coco train.json val.json test.json --images DIR`` into a fresh
+``BOOKCOUNTER_STATE_DIR``. Each budget (minutes) is a wall-clock
 ``max_minutes``: the LR schedule (warmup + cosine) follows the elapsed share of it and training
 stops when it is spent. The counting threshold is chosen on val; the numbers are on test.
 Nothing is registered.
@@ -32,7 +34,11 @@ def main() -> None:
     p.add_argument("--norm", default=CPU_DEFAULTS["norm"])
     p.add_argument("--width", type=int, default=CPU_DEFAULTS["width"])
     p.add_argument("--lr", type=float, default=CPU_DEFAULTS["lr"])
-    p.add_argument("--threads", type=int, default=0, help="0: auto (idle cores)")
+    p.add_argument("--anchor-size", type=int, default=ModelConfig.anchor_size)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--warmup", type=int, default=TrainConfig.warmup_iters, help="warmup iterations")
+    p.add_argument("--threads", type=int, default=0, help="0: every core")
+    p.add_argument("--tag", default="", help="added to the run directory's name")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
@@ -40,13 +46,13 @@ def main() -> None:
     store = open_store()
     version = store.get(args.dataset)
     n_train = len(version.coco("train")["images"])
-    model = ModelConfig(backbone=args.backbone, image_size=args.image_size, norm=args.norm, width=args.width)
+    model = ModelConfig(backbone=args.backbone, image_size=args.image_size, norm=args.norm, width=args.width, anchor_size=args.anchor_size)
     rows = []
     for budget in args.budgets:
-        cfg = TrainConfig(dataset=version.name, model=model, lr=args.lr, seed=args.seed, threads=args.threads, max_minutes=budget)
+        cfg = TrainConfig(dataset=version.name, model=model, lr=args.lr, batch_size=args.batch_size, warmup_iters=args.warmup, seed=args.seed, threads=args.threads, max_minutes=budget)
         cfg.epochs = 10_000  # the budget ends the run
         print(f"budget {budget:g} min on {n_train} train photos", flush=True)
-        run_dir = s.runs_dir / f"bench-scratch-{version.name}-{model.backbone}-{model.image_size}px-{budget:g}min"
+        run_dir = s.runs_dir / f"bench-scratch-{version.name}-{model.backbone}-{model.image_size}px-{budget:g}min{args.tag}"
         t0 = time.monotonic()
         out = train_and_save(cfg, store, run_dir, progress=False)
         minutes = (time.monotonic() - t0) / 60

@@ -17,7 +17,7 @@ console = Console()
 registry_app = typer.Typer(help="The MLflow model registry: versions, the champion and the promotion history.", no_args_is_help=True)
 
 # CPU default recipe = the ModelConfig/TrainConfig defaults (README "Trainer"); CUDA gets the usual ResNet50-FPN.
-CPU_DEFAULTS = {"backbone": "mobilenet_v3_fpn", "image_size": 512, "norm": "gn", "width": 128, "epochs": 12, "lr": 1e-3}
+CPU_DEFAULTS = {"backbone": "mobilenet_v3_fpn", "image_size": 384, "norm": "gn", "width": 128, "epochs": 12, "lr": 1e-3}
 CUDA_DEFAULTS = {"backbone": "resnet50_fpn", "image_size": 800, "norm": "gn", "width": 256, "epochs": 24, "lr": 3e-4}
 
 
