@@ -37,7 +37,7 @@ def main() -> None:
         per_photo[a["image_id"]].append([x, y, x + w, y + h])
     boxes = [torch.tensor(b).reshape(-1, 4) for b in per_photo.values()]
     ours = ModelConfig(image_size=args.image_size)
-    # torchvision's usual anchors: ratios 0.5..2, one size 32..512 per level (here on mobilenet's 4 levels)
+    # torchvision's usual aspect ratios (0.5..2) with our sizes
     usual = replace(ours, aspect_ratios=(0.5, 1.0, 2.0))
     print(f"{len(torch.cat(boxes))} books in {len(boxes)} photos at {args.image_size} px")
     for name, cfg in (("ours", ours), ("ratios 0.5-2, same sizes", usual)):
