@@ -30,6 +30,9 @@ def run_flow(
     run_name: str | None = typer.Option(None, help="Name of the flow run shown in the Prefect UI."),
 ) -> None:
     """Run one flow now, in this process (it shows up in the Prefect UI like a scheduled run)."""
+    from flows.prefect_server import make_home
+
+    make_home(get_settings())
     from flows.loop import collect_flow, loop_flow, retrain_flow, watch_annotations_flow
     from flows.prelabel import prelabel_flow
 
@@ -84,6 +87,9 @@ def demo(
     """Run the whole loop for real on the sample photos (open-shelves, BOOKCOUNTER_SAMPLE_DIR):
     first version -> first model -> inbox -> prelabel -> replayed annotations -> collect ->
     retrain -> promote or reject -> serve. Safe to re-run after an interruption."""
+    from flows.prefect_server import make_home
+
+    make_home(get_settings())
     from flows.demo import run_demo
 
     run_demo(get_settings(), first_train_photos, budget_minutes)

@@ -26,6 +26,11 @@ def configure_prefect_env(settings: Settings) -> None:
         os.environ["PREFECT_API_URL"] = f"{ui_url(settings)}/api"
 
 
+def make_home(settings: Settings) -> None:
+    """Create Prefect's home; ``import prefect`` creates the folder itself but not its parents (a fresh ``var/``)."""
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
+
+
 def start_ui(settings: Settings) -> str:
     """Start ``prefect server start`` on 127.0.0.1 over bookcounter's Prefect database."""
     env = {"PREFECT_HOME": str(settings.prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
