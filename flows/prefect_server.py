@@ -18,7 +18,7 @@ def ui_url(settings: Settings) -> str:
 
 
 def configure_prefect_env(settings: Settings) -> None:
-    """Set Prefect's environment for this process (before ``import prefect``, which creates the home dir)."""
+    """Set Prefect's environment for this process, before ``import prefect`` (which reads it; see ``make_home``)."""
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
