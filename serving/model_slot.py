@@ -147,6 +147,7 @@ class ModelSlot:
         return {
             "model_version": current.version,
             "threshold": current.predictor.threshold,
+            "nms_iou": current.predictor.nms_iou,
             "config": current.predictor.config.to_dict(),
             "dataset_version": current.info.dataset_version,
             "run_id": current.info.run_id,

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.ops import nms
 
 from annotator.dataset_store import DatasetError, DatasetStore, NewImage
 from bookcounter import masks as rle
 from fixtures_trainer import make_synthetic_store, synthetic_photo, tiny_train_config
-from trainer.evaluate import choose_threshold, count_errors, metrics
+from trainer.evaluate import choose_operating_point, count_errors, metrics
 from trainer.model import CheckpointError, ModelConfig, build_model, load_init
 from trainer.predictor import Predictor
 from trainer.train import train
@@ -34,6 +35,7 @@ def test_model_json_has_the_contract(tiny_model_dir: Path, tiny_dataset) -> None
     assert meta["dataset_version"] == tiny_dataset.version.name
     assert meta["manifest_hash"] == tiny_dataset.version.manifest()["content_hash"]
     assert 0 < meta["threshold"] < 1
+    assert 0.3 <= meta["nms_iou"] <= 0.7
     assert {"val_count_mae", "val_segm_AP", "val_bbox_AP50"} <= set(meta["metrics"])
     assert ModelConfig.from_dict(meta["model"]).backbone == "resnet18_fpn"
 
@@ -67,9 +69,53 @@ def test_perfect_prediction_scores_ap_one_and_mae_zero(tiny_dataset) -> None:
     assert m["segm_AP"] == pytest.approx(1.0) and m["bbox_AP"] == pytest.approx(1.0)
     assert m["segm_AP50"] == pytest.approx(1.0)
     assert m["count_mae"] == 0 and m["count_rmse"] == 0 and m["count_mre"] == 0
-    # one extra low-score false positive per photo: the threshold chosen on this split drops it
-    noisy = perfect + [{**p, "bbox": [0, 0, 5, 5], "segmentation": rle.encode(np.pad(np.ones((5, 5), bool), ((0, 91), (0, 91)))), "score": 0.3} for p in perfect[:1]]
-    assert choose_threshold(gt, noisy) > 0.3
+    # one extra low-score false positive: the threshold chosen on this split drops it
+    cands = {im["id"]: _xyxy([p for p in perfect if p["image_id"] == im["id"]]) for im in gt["images"]}
+    first = perfect[0]["image_id"]
+    boxes, scores = cands[first]
+    cands[first] = (np.vstack([boxes, [[0, 0, 5, 5]]]), np.append(scores, 0.3))
+    threshold, _ = choose_operating_point(gt, cands)
+    assert threshold > 0.3
+
+
+def _xyxy(results: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (r["bbox"] for r in results)], np.float32).reshape(-1, 4)
+    return boxes, np.array([r["score"] for r in results], np.float32)
+
+
+def _photos(*n_books: int) -> dict:
+    """A minimal COCO split: photo i + 1 holds ``n_books[i]`` books."""
+    return {"images": [{"id": i + 1} for i in range(len(n_books))], "annotations": [{"image_id": i + 1} for i, n in enumerate(n_books) for _ in range(n)]}
+
+
+def test_operating_point_nms_keeps_leaning_books_and_drops_duplicate_boxes() -> None:
+    boxes = lambda *b: np.array(b, np.float32)  # noqa: E731
+    scores = lambda *s: np.array(s, np.float32)  # noqa: E731
+    # two books leaning on each other, boxes overlapping with IoU 0.67: NMS at 0.5 keeps one of them
+    leaning = {1: (boxes([0, 0, 40, 100], [8, 0, 48, 100]), scores(0.9, 0.8))}
+    assert choose_operating_point(_photos(2), leaning)[1] >= 0.6
+    # photo 1: one wide book found twice (IoU 0.46); photo 2: two books, found with scores just
+    # below the copy's: no threshold counts both right at NMS 0.5, NMS at 0.4 does
+    twice = {
+        1: (boxes([0, 0, 60, 100], [22, 0, 82, 100]), scores(0.9, 0.88)),
+        2: (boxes([0, 0, 30, 100], [50, 0, 80, 100]), scores(0.9, 0.86)),
+    }
+    threshold, iou = choose_operating_point(_photos(1, 2), twice)
+    assert iou < 0.5 and threshold <= 0.85
+    # nothing to choose from: the defaults
+    assert choose_operating_point(_photos(), {}) == (0.5, 0.5)
+
+
+def test_predictor_candidates_count_what_predict_counts(tiny_model_dir: Path) -> None:
+    predictor = Predictor(tiny_model_dir, device="cpu")
+    photo, _ = synthetic_photo(seed=5, n_books=5)
+    big = photo.resize((photo.width * 2, photo.height * 2))
+    boxes, scores = predictor.candidates(big, min_score=0.05)
+    assert len(boxes) == len(scores) and list(scores) == sorted(scores, reverse=True)
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 2] <= big.width).all() and (boxes[:, 3] <= big.height).all()
+    keep = nms(torch.from_numpy(boxes), torch.from_numpy(scores), predictor.nms_iou)
+    for t in (0.05, 0.3, predictor.threshold):
+        assert int((scores[keep.numpy()] >= t).sum()) == len(predictor.predict(big, threshold=t))
 
 
 def test_count_errors() -> None:

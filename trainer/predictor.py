@@ -12,6 +12,7 @@ import PIL.Image
 import torch
 import torch.nn.functional as nnf
 from torchvision.models.detection.roi_heads import paste_masks_in_image
+from torchvision.ops import boxes as box_ops
 from torchvision.transforms.v2 import functional as F
 
 from bookcounter.errors import UserError
@@ -46,6 +47,13 @@ class Predictor:
         model = build_model(self.config)
         load_checkpoint_file(model, model_dir / "model.pt")
         self.model = model.eval().to(self.device)
+        # the NMS IoU of the counting operating point, chosen on val with the threshold (models
+        # from before it was chosen used torchvision's 0.5)
+        self.set_nms_iou(float(self.meta.get("nms_iou", 0.5)))
+
+    def set_nms_iou(self, iou: float) -> None:
+        self.nms_iou = iou
+        self.model.roi_heads.nms_thresh = iou
 
     def _input(self, image: PIL.Image.Image) -> tuple[torch.Tensor, float]:
         image = image.convert("RGB")
@@ -69,6 +77,26 @@ class Predictor:
         boxes = (out["boxes"][keep] / scale).cpu().numpy()
         scores = out["scores"][keep].cpu().numpy()
         return [Instance(float(s), tuple(float(v) for v in b), m) for s, b, m in zip(scores, boxes, masks)]
+
+    @torch.inference_mode()
+    def candidates(self, image: PIL.Image.Image, min_score: float) -> tuple[np.ndarray, np.ndarray]:
+        """Book boxes (xyxy, original pixels) with score >= ``min_score`` *before* NMS, and their scores.
+
+        What :func:`trainer.evaluate.choose_operating_point` sweeps NMS IoUs over; no masks.
+        """
+        t, scale = self._input(image)
+        images, _ = self.model.transform([t])
+        (h, w), (th, tw) = t.shape[-2:], images.image_sizes[0]
+        features = self.model.backbone(images.tensors)
+        proposals, _ = self.model.rpn(images, features)
+        heads = self.model.roi_heads
+        logits, deltas = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals, images.image_sizes)))
+        boxes = box_ops.clip_boxes_to_image(heads.box_coder.decode(deltas, proposals)[:, 1], (th, tw))  # class 1 = book
+        scores = logits.softmax(-1)[:, 1]
+        keep = (scores >= min_score) & (boxes[:, 2] - boxes[:, 0] >= 1e-2) & (boxes[:, 3] - boxes[:, 1] >= 1e-2)  # as torchvision
+        order = scores[keep].argsort(descending=True)
+        boxes = boxes[keep][order] * torch.tensor([w / tw, h / th, w / tw, h / th], device=boxes.device) / scale
+        return boxes.cpu().numpy(), scores[keep][order].cpu().numpy()
 
     @torch.inference_mode()
     def masks_for_boxes(self, image: PIL.Image.Image, boxes: np.ndarray) -> np.ndarray:

@@ -74,7 +74,7 @@ def register(model_dir: Path, plots_dir: Path | None = None) -> ModelInfo:
     train_cfg = meta.get("train", {})
     params = {f"model.{k}": v for k, v in meta["model"].items()}
     params.update({k: v for k, v in train_cfg.items() if k not in ("model",)})
-    params.update(threshold=meta["threshold"], init_loaded=meta.get("init_loaded", "none"))
+    params.update(threshold=meta["threshold"], nms_iou=meta.get("nms_iou", 0.5), init_loaded=meta.get("init_loaded", "none"))
     tags = {"dataset_version": meta["dataset_version"], "manifest_hash": meta["manifest_hash"]}
     run = client.create_run(_experiment_id(client), run_name=model_dir.parent.name, tags=tags)
     run_id = run.info.run_id

@@ -241,12 +241,13 @@ def train_and_save(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Train, write ``run_dir/model`` (model.pt + model.json), choose the counting threshold on val.
+    """Train, write ``run_dir/model`` (model.pt + model.json), choose the counting operating point on val.
 
-    model.json holds the network config, the threshold, the dataset version and its manifest
-    content hash, the training config and history, and the val metrics at that threshold.
+    model.json holds the network config, the operating point (score threshold and NMS IoU), the
+    dataset version and its manifest content hash, the training config and history, and the val
+    metrics at that operating point.
     """
-    from trainer.evaluate import choose_threshold, detect, metrics
+    from trainer.evaluate import candidates, choose_operating_point, detect, metrics
     from trainer.model import save_model_dir
     from trainer.predictor import Predictor
 
@@ -255,6 +256,7 @@ def train_and_save(
     meta: dict[str, Any] = {
         "model": cfg.model.to_dict(),
         "threshold": 0.5,
+        "nms_iou": 0.5,
         "dataset_version": result.version.name,
         "manifest_hash": manifest["content_hash"],
         "train": cfg.to_dict(),
@@ -267,14 +269,16 @@ def train_and_save(
     out = save_model_dir(result.model, meta, run_dir / "model")
     val = result.version.coco("val")
     if val["images"]:
-        detections = detect(Predictor(out, device="cpu"), result.version, "val", progress)
-        meta["threshold"] = choose_threshold(val, detections)
+        predictor = Predictor(out, device="cpu")
+        meta["threshold"], meta["nms_iou"] = choose_operating_point(val, candidates(predictor, result.version, "val", progress))
+        predictor.set_nms_iou(meta["nms_iou"])
+        detections = detect(predictor, result.version, "val", progress)
         meta["metrics"] = {f"val_{k}": v for k, v in metrics(val, detections, meta["threshold"]).items()}
         log(
-            f"val: threshold {meta['threshold']:.2f}, count MAE {meta['metrics']['val_count_mae']:.2f}, "
+            f"val: threshold {meta['threshold']:.2f}, NMS IoU {meta['nms_iou']:.1f}, count MAE {meta['metrics']['val_count_mae']:.2f}, "
             f"mask AP {meta['metrics']['val_segm_AP']:.3f}, AP50 {meta['metrics']['val_segm_AP50']:.3f}"
         )
     else:
-        log("no val photos: counting threshold left at 0.5")
+        log("no val photos: counting threshold and NMS IoU left at 0.5")
     (out / "model.json").write_text(json.dumps(meta, indent=2))
     return out
