@@ -178,6 +178,7 @@ def evaluate_model(
     gt = version.coco(split)
     results = detect(predictor, version, split, progress)
     m = metrics(gt, results, predictor.threshold)
+    m["nms_iou"] = predictor.nms_iou
     m["baseline_count_mae"] = baseline_count_mae(version, split)
     report = {"model": str(model_dir), "dataset": version.name, "split": split, "metrics": m}
     if out_dir is not None:
