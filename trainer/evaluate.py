@@ -128,7 +128,7 @@ def choose_operating_point(gt: dict[str, Any], cands: Candidates) -> tuple[float
     if not gt["images"]:
         return 0.5, 0.5
     truth = true_counts(gt)
-    best: tuple[tuple[float, float, float], float, float] | None = None
+    best = None  # ((MAE, distance of the IoU from 0.5, -threshold), threshold, IoU)
     for iou in NMS_IOUS:
         kept = {}
         for i in truth:
@@ -196,4 +196,3 @@ def evaluate_model(
         ]
         (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report
-
