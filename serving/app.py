@@ -184,7 +184,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             raise not_ready()
         return {"status": "ready", "model_version": current.version}
 
-    @app.get("/model", summary="The model answering /count: version, threshold, dataset version, metrics.")
+    @app.get("/model", summary="The model answering /count: version, counting threshold and NMS IoU, dataset version, metrics.")
     async def model() -> dict[str, Any]:
         if slot.current is None:
             raise not_ready()
