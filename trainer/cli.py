@@ -38,7 +38,9 @@ def train_command(
     resume: bool = typer.Option(False, "--resume", help="Continue the run's last checkpoint (same settings, same result)."),
     register: bool = typer.Option(True, "--register/--no-register", help="Log the run in MLflow and register the model."),
 ) -> None:
-    """Train Mask R-CNN on the train split of a dataset version; choose the counting threshold on val; register it.
+    """Train Mask R-CNN on the train split of a dataset version; choose the counting operating point on val; register it.
+
+    The operating point is the score threshold and NMS IoU with the lowest val count MAE.
 
     Checkpoints after every epoch under var/runs/<run-name>; --resume continues after a kill.
     """
