@@ -116,25 +116,34 @@ def candidates(predictor, version: DatasetVersion, split: str, progress: bool = 
     }
 
 
-def choose_operating_point(gt: dict[str, Any], cands: Candidates) -> tuple[float, float]:
-    """The (score threshold, NMS IoU) with the lowest count MAE on this (val) split.
+def kept_scores(cands: Candidates, iou: float) -> dict[int, np.ndarray]:
+    """Per photo, the scores of the boxes that NMS at ``iou`` keeps.
 
-    Ties go to NMS IoU 0.5 (torchvision's) first, then to the higher threshold. Thresholding
-    after NMS counts the same as before it: greedy NMS never lets a lower score suppress a higher one.
+    Counting them at a threshold counts the same as thresholding before NMS: greedy NMS never
+    lets a lower score suppress a higher one.
     """
     import torch
     from torchvision.ops import nms
 
+    out = {}
+    for i, (boxes, scores) in cands.items():
+        keep = nms(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.as_tensor(scores, dtype=torch.float32), iou)
+        out[i] = np.asarray(scores)[keep.numpy()]
+    return out
+
+
+def choose_operating_point(gt: dict[str, Any], cands: Candidates, nms_ious: tuple[float, ...] = NMS_IOUS) -> tuple[float, float]:
+    """The (score threshold, NMS IoU) with the lowest count MAE on this (val) split.
+
+    Ties go to the IoU nearest 0.5 (torchvision's), then to the higher threshold.
+    """
     if not gt["images"]:
         return 0.5, 0.5
     truth = true_counts(gt)
+    empty = (np.zeros((0, 4)), np.zeros(0))
     best = None  # ((MAE, distance of the IoU from 0.5, -threshold), threshold, IoU)
-    for iou in NMS_IOUS:
-        kept = {}
-        for i in truth:
-            boxes, scores = cands.get(i, (np.zeros((0, 4)), np.zeros(0)))
-            keep = nms(torch.as_tensor(boxes, dtype=torch.float32), torch.as_tensor(scores, dtype=torch.float32), iou).numpy()
-            kept[i] = np.asarray(scores)[keep]
+    for iou in nms_ious:
+        kept = kept_scores({i: cands.get(i, empty) for i in truth}, iou)
         for t in THRESHOLDS:
             mae = count_errors([truth[i] for i in truth], [int((kept[i] >= t).sum()) for i in truth])["count_mae"]
             key = (mae, abs(iou - 0.5), -t)
