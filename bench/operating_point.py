@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from annotator.cli import open_store
-from trainer.evaluate import NMS_IOUS, candidates, choose_operating_point, count_errors, kept_scores, true_counts
+from trainer.evaluate import DEFAULT_NMS_IOU, NMS_IOUS, candidates, choose_operating_point, count_mae_at, kept_scores
 from trainer.predictor import Predictor
 
 
@@ -30,12 +30,9 @@ def main() -> None:
     version = open_store().get(args.dataset or json.loads((args.model_dir / "model.json").read_text())["dataset_version"])
     gt = {split: version.coco(split) for split in ("val", "test")}
     cands = {split: candidates(predictor, version, split) for split in gt}
-    for name, ious in (("threshold only, NMS IoU 0.5", (0.5,)), ("threshold and NMS IoU", NMS_IOUS)):
+    for name, ious in ((f"threshold only, NMS IoU {DEFAULT_NMS_IOU}", (DEFAULT_NMS_IOU,)), ("threshold and NMS IoU", NMS_IOUS)):
         threshold, iou = choose_operating_point(gt["val"], cands["val"], ious)
-        maes = []
-        for split in gt:
-            truth, kept = true_counts(gt[split]), kept_scores(cands[split], iou)
-            maes.append(count_errors([truth[i] for i in truth], [int((kept[i] >= threshold).sum()) for i in truth])["count_mae"])
+        maes = [count_mae_at(gt[split], kept_scores(cands[split], iou), threshold) for split in gt]
         print(f"{name:28s}: threshold {threshold:.2f}, NMS IoU {iou:.1f}: count MAE val {maes[0]:.2f}, test {maes[1]:.2f}")
 
 

@@ -29,6 +29,7 @@ THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]  # 0.05 .. 0.95
 # NMS IoUs tried for counting: books lean on each other (tilted neighbours' boxes overlap a lot)
 # while a weak model also puts two boxes on one wide book; which wins is a property of the model.
 NMS_IOUS = (0.3, 0.4, 0.5, 0.6, 0.7)
+DEFAULT_NMS_IOU = 0.5  # torchvision's; what models from before the operating point was chosen use
 
 
 def detect(predictor, version: DatasetVersion, split: str, progress: bool = True) -> list[dict[str, Any]]:
@@ -132,21 +133,25 @@ def kept_scores(cands: Candidates, iou: float) -> dict[int, np.ndarray]:
     return out
 
 
+def count_mae_at(gt: dict[str, Any], kept: dict[int, np.ndarray], threshold: float) -> float:
+    """Count MAE on ``gt`` when each photo counts its ``kept`` scores (:func:`kept_scores`) >= ``threshold``."""
+    truth = true_counts(gt)
+    return count_errors([truth[i] for i in truth], [int((kept[i] >= threshold).sum()) for i in truth])["count_mae"]
+
+
 def choose_operating_point(gt: dict[str, Any], cands: Candidates, nms_ious: tuple[float, ...] = NMS_IOUS) -> tuple[float, float]:
     """The (score threshold, NMS IoU) with the lowest count MAE on this (val) split.
 
-    Ties go to the IoU nearest 0.5 (torchvision's), then to the higher threshold.
+    Ties go to the IoU nearest torchvision's, then to the higher threshold.
     """
     if not gt["images"]:
-        return 0.5, 0.5
-    truth = true_counts(gt)
+        return 0.5, DEFAULT_NMS_IOU
     empty = (np.zeros((0, 4)), np.zeros(0))
-    best = None  # ((MAE, distance of the IoU from 0.5, -threshold), threshold, IoU)
+    best = None  # ((MAE, distance of the IoU from the default, -threshold), threshold, IoU)
     for iou in nms_ious:
-        kept = kept_scores({i: cands.get(i, empty) for i in truth}, iou)
+        kept = kept_scores({im["id"]: cands.get(im["id"], empty) for im in gt["images"]}, iou)
         for t in THRESHOLDS:
-            mae = count_errors([truth[i] for i in truth], [int((kept[i] >= t).sum()) for i in truth])["count_mae"]
-            key = (mae, abs(iou - 0.5), -t)
+            key = (count_mae_at(gt, kept, t), abs(iou - DEFAULT_NMS_IOU), -t)
             if best is None or key < best[0]:
                 best = (key, t, iou)
     return best[1], best[2]

@@ -16,6 +16,7 @@ from torchvision.ops import boxes as box_ops
 from torchvision.transforms.v2 import functional as F
 
 from bookcounter.errors import UserError
+from trainer.evaluate import DEFAULT_NMS_IOU
 from trainer.model import ModelConfig, build_model, load_checkpoint_file
 
 
@@ -47,9 +48,8 @@ class Predictor:
         model = build_model(self.config)
         load_checkpoint_file(model, model_dir / "model.pt")
         self.model = model.eval().to(self.device)
-        # the NMS IoU of the counting operating point, chosen on val with the threshold (models
-        # from before it was chosen used torchvision's 0.5)
-        self.set_nms_iou(float(self.meta.get("nms_iou", 0.5)))
+        # the NMS IoU of the counting operating point, chosen on val with the threshold
+        self.set_nms_iou(float(self.meta.get("nms_iou", DEFAULT_NMS_IOU)))
 
     def set_nms_iou(self, iou: float) -> None:
         self.nms_iou = iou

@@ -247,7 +247,7 @@ def train_and_save(
     dataset version and its manifest content hash, the training config and history, and the val
     metrics at that operating point.
     """
-    from trainer.evaluate import candidates, choose_operating_point, detect, metrics
+    from trainer.evaluate import DEFAULT_NMS_IOU, candidates, choose_operating_point, detect, metrics
     from trainer.model import save_model_dir
     from trainer.predictor import Predictor
 
@@ -256,7 +256,7 @@ def train_and_save(
     meta: dict[str, Any] = {
         "model": cfg.model.to_dict(),
         "threshold": 0.5,
-        "nms_iou": 0.5,
+        "nms_iou": DEFAULT_NMS_IOU,
         "dataset_version": result.version.name,
         "manifest_hash": manifest["content_hash"],
         "train": cfg.to_dict(),
