@@ -16,7 +16,8 @@ import warnings
 from pathlib import Path
 
 from annotator.cli import open_store
-from trainer.evaluate import DEFAULT_NMS_IOU, NMS_IOUS, candidates, choose_operating_point, count_mae_at, kept_scores
+from trainer.model import DEFAULT_NMS_IOU
+from trainer.evaluate import NMS_IOUS, candidates, choose_operating_point, count_mae_at, kept_scores
 from trainer.predictor import Predictor
 
 

@@ -6,7 +6,8 @@
 3. drop the other train photos into the inbox; ``prelabel`` imports them into Label Studio;
 4. a replay annotator submits their reference masks through Label Studio's API;
 5. ``loop``: collect -> new version -> retrain -> evaluate against the champion -> decision;
-6. start the UIs and the counting server; print a summary.
+6. start the UIs and the counting server, turn the ML backend's retraining trigger back on;
+   print a summary.
 
 Every step is safe to re-run after an interruption: imports are idempotent, a dataset version
 that already has a candidate is not trained again, and annotated tasks are not annotated twice.
@@ -56,7 +57,11 @@ def run_demo(settings: Settings, first_train_photos: int = 40, budget_minutes: f
     console.print(labelstudio.start_server(settings).line())
     from annotator import ml_backend_server
 
-    ml_backend_server.start_backend(settings)
+    # The demo drives the loop itself: the backend's every-N-annotations trigger is off while
+    # it runs (else the replay's annotations start a second loop in the background), and back
+    # on when the demo ends (step 6).
+    ml_backend_server.stop_backend(settings)
+    ml_backend_server.start_backend(settings.model_copy(update={"retrain_every_n_annotations": 0}))
     ml_backend_server.connect(settings)
     train_items, _ = read_coco(files["train"], sample)
     train_items.sort(key=lambda item: item.file_name)
@@ -97,6 +102,10 @@ def _step(n: int, what: str) -> None:
 
 
 def _start_services(settings: Settings) -> dict[str, str]:
+    from annotator import ml_backend_server
+
+    ml_backend_server.stop_backend(settings)
+    ml_backend_server.start_backend(settings)  # with the automatic retraining trigger as configured
     exe = str(Path(sys.executable).with_name("bookcounter"))
     page = f"http://{settings.serve_host}:{settings.serve_port}"
     Server("serving", settings.run_dir).start([exe, "serve"], f"{page}/healthz", timeout=120)

@@ -62,15 +62,12 @@ def collect_flow() -> str | None:
 
 def train_config(dataset: str, max_minutes: float | None, recipe: dict[str, Any] | None):
     """The trainer's default recipe for this device, with ``recipe`` overrides (``model`` merged key by key)."""
-    from trainer.train import TrainConfig, default_device
+    from trainer.train import default_train_config
 
-    base = TrainConfig(dataset=dataset, device=default_device(), max_minutes=max_minutes).to_dict()
-    recipe = dict(recipe or {})
-    base["model"].update(recipe.pop("model", {}))
-    cfg = TrainConfig.from_dict({**base, **recipe, "dataset": dataset})
-    if max_minutes is not None and "epochs" not in recipe:
-        cfg.epochs = 10_000  # the time budget, not an epoch count, ends the run and shapes its LR
-    return cfg
+    overrides = dict(recipe or {})
+    if max_minutes is not None:
+        overrides["max_minutes"] = max_minutes
+    return default_train_config(dataset, overrides=overrides)
 
 
 @task(timeout_seconds=4 * 3600)

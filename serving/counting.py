@@ -1,4 +1,10 @@
-"""One photo in, the books the loaded model finds out: downscale, predict, map back to the original."""
+"""One photo in, the books the loaded model finds out.
+
+The photo goes to the predictor as it is: :class:`trainer.predictor.Predictor` makes the
+network input (the same function as training and evaluation). Boxes come back in original
+pixels; masks at the network's input size, so a 50-megapixel upload costs memory for small
+masks; they are scaled up only when encoded.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from bookcounter import masks as rle
 from serving.overlay import render_overlay
 
 if TYPE_CHECKING:
-    from trainer.predictor import Instance, Predictor
+    from trainer.predictor import Instance
 
     from serving.model_slot import LoadedModel
 
@@ -21,11 +27,11 @@ OVERLAY_MAX_SIDE = 1280
 
 @dataclass
 class Prediction:
-    """Instances found on ``image`` (the photo as the model saw it, maybe downscaled)."""
+    """Instances found on ``original``."""
 
     original: Image.Image  # the uploaded photo, EXIF applied
-    image: Image.Image
-    instances: list[Instance]  # best score first; boxes and masks in ``image`` pixels
+    mask_size: tuple[int, int]  # (w, h) of the instances' masks: the network's input size
+    instances: list[Instance]  # best score first; boxes in original pixels, masks at ``mask_size``
     model_version: str
     threshold: float
 
@@ -56,23 +62,19 @@ class Prediction:
         """The photo (at most ``max_side`` px) with each book's mask and number drawn."""
         shown = downscale(self.original, max_side)
         masks = [inst.mask for inst in self.instances]
-        if shown.size != self.image.size:
+        if shown.size != self.mask_size:
             masks = resize_masks(masks, shown.size)
         return render_overlay(shown, masks, f"{self.count} books - model v{self.model_version}")
 
-    def _scale(self) -> tuple[float, float]:
-        return self.original_size[0] / self.image.width, self.original_size[1] / self.image.height
-
     def _boxes_xywh(self) -> list[list[float]]:
-        sx, sy = self._scale()
         out = []
         for inst in self.instances:
             x0, y0, x1, y1 = inst.box
-            out.append([round(x0 * sx, 1), round(y0 * sy, 1), round((x1 - x0) * sx, 1), round((y1 - y0) * sy, 1)])
+            out.append([round(x0, 1), round(y0, 1), round(x1 - x0, 1), round(y1 - y0, 1)])
         return out
 
     def _masks_rle(self) -> list[rle.RLE]:
-        if self.original_size == self.image.size:
+        if self.original_size == self.mask_size:
             return [rle.encode(inst.mask) for inst in self.instances]
         return upscale_masks_rle([inst.mask for inst in self.instances], self.original_size)
 
@@ -117,12 +119,8 @@ def _nearest(n_out: int, n_in: int) -> np.ndarray:
     return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.intp), n_in - 1)
 
 
-def model_max_side(predictor: Predictor) -> int:
-    """The longest side the model works at (photos larger than this are downscaled first)."""
-    return int(predictor.config.image_size)
-
-
 def downscale(image: Image.Image, max_side: int) -> Image.Image:
+    """For display: at most ``max_side`` pixels on the longer side."""
     scale = max_side / max(image.size)
     if scale >= 1:
         return image
@@ -131,12 +129,12 @@ def downscale(image: Image.Image, max_side: int) -> Image.Image:
 
 
 def count_books(image: Image.Image, model: LoadedModel) -> Prediction:
-    """Predict with ``model`` on ``image`` (upright RGB), downscaled to the model's size if larger."""
-    small = downscale(image, model_max_side(model.predictor))
-    instances = sorted(model.predictor.predict(small), key=lambda inst: -inst.score)
+    """Predict with ``model`` on ``image`` (upright RGB)."""
+    mask_size = model.predictor.input_size(image.size)
+    instances = sorted(model.predictor.predict(image, mask_size=mask_size), key=lambda inst: -inst.score)
     return Prediction(
         original=image,
-        image=small,
+        mask_size=mask_size,
         instances=instances,
         model_version=model.version,
         threshold=float(model.predictor.threshold),

