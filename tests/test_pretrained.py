@@ -162,6 +162,10 @@ def test_a_view_keeps_books_mostly_inside_and_changes_the_shape() -> None:
     assert [int(m.sum()) for m in kept] == [100 * 30, 20 * 20]  # tall: 100 of 280 rows inside (>= 30 %); the square
     _, kept = crop(photo, masks, (0, 0, 300, 30))
     assert [int(m.sum()) for m in kept] == [20 * 190]  # the flat book (20 of 30 rows); the tall one is 7 % inside
+    _, kept = crop(photo, masks, (0, 150, 300, 190))
+    assert [int(m.sum()) for m in kept] == [40 * 30, 10 * 20]  # a spine crossing the strip: 14 %, whole width
+    _, kept = crop(photo, masks, (33, 0, 300, 300))
+    assert [int(m.sum()) for m in kept] == [30 * 190, 20 * 20]  # a sliver of the tall book (7 of its 30 columns) is out
 
 
 def test_sparse_scene_pastes_a_few_disjoint_books_on_a_smooth_background(sample_dir: Path) -> None:

@@ -5,8 +5,7 @@ Every photo reaches the network through :func:`model_input` (the one resize rule
 ML backend alike). In training, before that resize, a photo may become:
 
 - a *view* of another shape: a random crop with aspect ratio 1/3..3 (phone photos are 4:3 or
-  3:4, a shelf row is a wide strip), keeping each book with at least :data:`MIN_VISIBLE` of its
-  area inside;
+  3:4, a shelf row is a wide strip), keeping the books a person would still count (:func:`crop`);
 - a *sparse scene*: 0-6 of its books, some turned to lie flat, pasted onto a book-free
   background made from the photo itself (copy-paste augmentation, Ghiasi et al. 2021). The
   sample holds only dense shelves; this shows the model what 0-6 books, and no books, look like.
@@ -32,7 +31,9 @@ from bookcounter import masks as rle
 from bookcounter.images import read_image
 from trainer.model import ModelConfig, input_size
 
-MIN_VISIBLE = 0.3  # a book cut by a crop still counts if this share of its mask is inside
+# A book cut by a crop still counts if this share of its mask is inside, or, when the crop
+# keeps its whole width across (a tall spine crossing a shelf strip), this smaller share.
+MIN_VISIBLE, MIN_VISIBLE_ACROSS = 0.3, 0.1
 MAX_PASTED = 6
 
 
@@ -62,11 +63,18 @@ def train_transforms() -> v2.Transform:
 
 
 def crop(image: PIL.Image.Image, masks: np.ndarray, box: tuple[int, int, int, int]) -> tuple[PIL.Image.Image, np.ndarray]:
-    """Crop to ``box`` (x0, y0, x1, y1); keep the books with >= MIN_VISIBLE of their area inside."""
+    """Crop to ``box`` (x0, y0, x1, y1); keep the books a person would still count.
+
+    That is a book with >= MIN_VISIBLE of its area inside, or with >= MIN_VISIBLE_ACROSS inside
+    and >= 80 % of its width across (its shorter extent) inside: a spine crossing a strip.
+    """
     x0, y0, x1, y1 = box
     inside = masks[:, y0:y1, x0:x1]
-    area = masks.reshape(len(masks), -1).sum(1)
-    keep = inside.reshape(len(masks), -1).sum(1) >= MIN_VISIBLE * np.maximum(area, 1)
+    share = inside.reshape(len(masks), -1).sum(1) / np.maximum(masks.reshape(len(masks), -1).sum(1), 1)
+    full_w, full_h = masks.any(1).sum(1), masks.any(2).sum(1)
+    seen_w, seen_h = inside.any(1).sum(1), inside.any(2).sum(1)
+    across = np.where(full_w <= full_h, seen_w >= 0.8 * full_w, seen_h >= 0.8 * full_h)
+    keep = (share >= MIN_VISIBLE) | (across & (share >= MIN_VISIBLE_ACROSS))
     return image.crop(box), inside[keep]
 
 

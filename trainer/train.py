@@ -48,8 +48,8 @@ class TrainConfig:
     device: str = "cpu"
     init: str = "imagenet"  # none | imagenet | coco | a checkpoint file
     frozen_stages: int = 2  # with pretrained weights: the stem and this many stages stay as loaded
-    view_p: float = 0.5  # share of training photos cropped to another shape (trainer.data.random_view)
-    sparse_p: float = 0.15  # share replaced by a sparse scene on a book-free background (trainer.data.sparse_scene)
+    view_p: float = 0.25  # share of training photos cropped to another shape (trainer.data.random_view)
+    sparse_p: float = 0.1  # share replaced by a sparse scene on a book-free background (trainer.data.sparse_scene)
     threads: int = 0  # 0: auto, the cores not busy right now (see cpu_threads)
     # A wall-clock budget: the LR schedule follows the elapsed share of it (or of the epochs, if
     # further along) and training stops when it is spent, mid-epoch if need be. Time-budgeted
@@ -205,40 +205,17 @@ def train(
             collate_fn=collate,
             generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
         )
-        model.train()
-        sums: dict[str, float] = {}
-        t0 = time.monotonic()
-        epoch_start_iters = len(iter_losses)
         label = f"epoch {epoch + 1} ({cfg.max_minutes:g}-min budget)" if cfg.max_minutes else f"epoch {epoch + 1}/{cfg.epochs}"
-        bar = tqdm(loader, desc=label, disable=not progress, leave=False)
-        for i, (images, targets) in enumerate(bar):
-            it = epoch * iters_per_epoch + i
+
+        def lr_for(it: int) -> float | None:
             share = _progress(it, total, started, cfg.max_minutes)
-            if share >= 1.0:
-                break
-            for g in optimizer.param_groups:
-                g["lr"] = lr_at(it, share, cfg)
-            images = [im.to(device) for im in images]
-            targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            with torch.autocast(device.type, enabled=device.type == "cuda"):
-                losses = model(images, targets)
-            loss = sum(losses.values())
-            if not torch.isfinite(loss):
-                raise UserError(f"loss became {loss.item()} at iteration {it}; lower --lr")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, 10.0)
-            scaler.step(optimizer)
-            scaler.update()
-            iter_losses.append(loss.item())
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v.item()
-            sums["loss"] = sums.get("loss", 0.0) + loss.item()
-            bar.set_postfix({k.removeprefix("loss_"): f"{v / (i + 1):.3f}" for k, v in sums.items()})
-        done = max(1, len(iter_losses) - epoch_start_iters)
-        row = {k: v / done for k, v in sums.items()}
-        row.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"], seconds=time.monotonic() - t0)
+            return None if share >= 1.0 else lr_at(it, share, cfg)
+
+        row, losses = train_one_epoch(model, optimizer, scaler, loader, device, epoch * iters_per_epoch, lr_for, label, progress)
+        if not losses:  # the budget was spent when this epoch began
+            break
+        iter_losses.extend(losses)
+        row["epoch"] = epoch + 1
         history.append(row)
         _save_checkpoint(ckpt_path, model, optimizer, scaler, epoch, history, iter_losses, cfg, init_loaded)
         log(f"{label}: loss {row['loss']:.3f} ({row['seconds']:.0f} s)")
@@ -250,6 +227,58 @@ def train(
             break
     model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     return TrainResult(model, cfg, version, history, iter_losses, init_loaded, run_dir)
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    loader: torch.utils.data.DataLoader,
+    device: torch.device,
+    first_iter: int,
+    lr_for: Callable[[int], float | None],
+    desc: str,
+    progress: bool = True,
+) -> tuple[dict[str, float], list[float]]:
+    """One pass over ``loader``, as torchvision's ``engine.train_one_epoch`` (AMP on CUDA).
+
+    ``lr_for(it)`` is the learning rate of global iteration ``it``, or None when the time
+    budget is spent, which ends the epoch there. Returns the epoch's mean losses (with ``lr``
+    and ``seconds``) and every iteration's total loss.
+    """
+    model.train()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    sums: dict[str, float] = {}
+    iter_losses: list[float] = []
+    t0 = time.monotonic()
+    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
+    for i, (images, targets) in enumerate(bar):
+        lr = lr_for(first_iter + i)
+        if lr is None:
+            break
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        images = [im.to(device) for im in images]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        with torch.autocast(device.type, enabled=device.type == "cuda"):
+            losses = model(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise UserError(f"loss became {loss.item()} at iteration {first_iter + i}; lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        scaler.step(optimizer)
+        scaler.update()
+        iter_losses.append(loss.item())
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.item()
+        sums["loss"] = sums.get("loss", 0.0) + loss.item()
+        bar.set_postfix({k.removeprefix("loss_"): f"{v / (i + 1):.3f}" for k, v in sums.items()})
+    row = {k: v / max(1, len(iter_losses)) for k, v in sums.items()}
+    row.update(lr=optimizer.param_groups[0]["lr"], seconds=time.monotonic() - t0)
+    return row, iter_losses
 
 
 def _save_checkpoint(path: Path, model, optimizer, scaler, epoch, history, iter_losses, cfg, init_loaded) -> None:
