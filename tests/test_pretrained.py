@@ -14,8 +14,9 @@ from bookcounter import masks as rle
 from bookcounter.errors import UserError
 from bookcounter.images import read_image, sha256_file
 from fixtures_trainer import TINY_SIZE, tiny_train_config
-from trainer.data import BookDataset, crop, model_input, random_view, sparse_scene, to_tensor
-from trainer.model import ModelConfig, build_model, input_size, load_init
+from trainer.data import BookDataset, crop, random_view, sparse_scene
+from trainer.inputs import input_size, to_tensor
+from trainer.model import ModelConfig, build_model, load_init
 from trainer.pretrained import PACKAGES, timm_state_dict, weight_file
 
 BOOKCASE = 453  # ImageNet class "bookcase"
@@ -62,6 +63,12 @@ def test_imagenet_init_loads_the_package_weights_and_records_them(tmp_path: Path
     # the backbone's BatchNorm is frozen at the ImageNet statistics
     bn = model.backbone.body.bn1
     assert type(bn).__name__.startswith("Frozen") and torch.equal(bn.running_mean, state["bn1.running_mean"])
+
+
+def test_from_scratch_with_a_frozen_batchnorm_backbone_is_refused(tmp_path: Path) -> None:
+    cfg = ModelConfig(image_size=128)
+    with pytest.raises(UserError, match="--init imagenet"):
+        load_init(build_model(cfg), cfg, "none", tmp_path)
 
 
 def test_model_json_records_the_weights_and_normalisation(tiny_dataset, tmp_path: Path) -> None:
@@ -112,7 +119,7 @@ def test_default_config_is_pretrained_on_every_device() -> None:
 
 
 def test_serving_evaluation_prelabel_and_ml_backend_feed_identical_tensors(tiny_model_dir: Path, tiny_dataset) -> None:
-    """Every path that runs the model builds its input through trainer.data.model_input."""
+    """Every path that runs the model builds its input through trainer.inputs.model_input."""
     from annotator.prelabel import Masker
     from serving.counting import count_books
     from serving.model_slot import LoadedModel

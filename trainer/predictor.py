@@ -15,8 +15,8 @@ from torchvision.models.detection.roi_heads import paste_masks_in_image
 from torchvision.ops import boxes as box_ops
 
 from bookcounter.errors import UserError
-from trainer.data import model_input, to_tensor
-from trainer.model import DEFAULT_NMS_IOU, ModelConfig, build_model, input_size, load_checkpoint_file
+from trainer.inputs import input_size, model_input, to_tensor
+from trainer.model import DEFAULT_NMS_IOU, ModelConfig, build_model, load_checkpoint_file
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Instance:
 class Predictor:
     """A trained Mask R-CNN ready for inference (CPU or CUDA).
 
-    The photo is resized by :func:`trainer.data.model_input` (the same rule as in training)
+    The photo is resized by :func:`trainer.inputs.model_input` (the same rule as in training)
     before the network sees it; masks of the kept instances only are scaled to the size asked
     for, so a large photo costs memory for the books found, not for every candidate.
     """

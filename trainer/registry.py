@@ -65,8 +65,9 @@ def _info(mv) -> ModelInfo:
     )
 
 
-def register(model_dir: Path, plots_dir: Path | None = None) -> ModelInfo:
-    """Log a finished model directory as an MLflow run and register it as a new model version."""
+def register(model_dir: Path) -> ModelInfo:
+    """Log a finished model directory (and the run's ``plots/`` beside it) as an MLflow run and
+    register it as a new model version."""
     from mlflow.entities import Metric, Param
 
     from trainer.model import DEFAULT_NMS_IOU
@@ -89,7 +90,8 @@ def register(model_dir: Path, plots_dir: Path | None = None) -> ModelInfo:
     metrics += [Metric(k, float(v), 0, 0) for k, v in meta.get("metrics", {}).items()]
     client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     client.log_artifacts(run_id, str(model_dir), "model")
-    if plots_dir is not None and plots_dir.is_dir():
+    plots_dir = model_dir.parent / "plots"
+    if plots_dir.is_dir():
         client.log_artifacts(run_id, str(plots_dir), "plots")
     client.set_terminated(run_id)
     name = get_settings().registered_model_name

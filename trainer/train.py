@@ -308,7 +308,8 @@ def train_and_save(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> Path:
-    """Train, write ``run_dir/model`` (model.pt + model.json), choose the counting operating point on val.
+    """Train, write ``run_dir/model`` (model.pt + model.json) and ``run_dir/plots/loss_curves.png``,
+    choose the counting operating point on val.
 
     model.json holds the network config, the operating point (score threshold and NMS IoU), the
     dataset version and its manifest content hash, the training config and history, and the val
@@ -348,4 +349,8 @@ def train_and_save(
     else:
         log("no val photos: counting threshold and NMS IoU left at 0.5")
     (out / "model.json").write_text(json.dumps(meta, indent=2))
+    from trainer import plots
+
+    (run_dir / "plots").mkdir(exist_ok=True)
+    plots.loss_curves(result.history, result.iter_losses, run_dir / "plots" / "loss_curves.png")
     return out
