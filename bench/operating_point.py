@@ -1,9 +1,10 @@
-"""What choosing the NMS IoU with the threshold does to counting, on one trained model.
+"""What the counting operating point is chosen on, and with which NMS IoUs, on one trained model.
 
-Runs the model once over val and test keeping the boxes before NMS, then chooses the operating
-point on val twice: the threshold alone at NMS IoU 0.5 (torchvision's, what models used before)
-and threshold plus NMS IoU (what training does now). Prints count MAE on val and test for both;
-the model directory is not changed.
+Runs the model once over val, test and sparse scenes made from val (boxes before NMS), then
+chooses the operating point four ways: on val alone or on val plus one sparse scene per val
+photo (what training does), each with the NMS IoU fixed at 0.5 or searched in 0.3-0.7. Prints
+count MAE on val, test and on other sparse scenes (other seeds, not chosen on); the model
+directory is not changed.
 
     .venv/bin/python bench/operating_point.py var/runs/RUN/model [--dataset v0001]
 """
@@ -16,8 +17,8 @@ import warnings
 from pathlib import Path
 
 from annotator.cli import open_store
+from trainer.evaluate import NMS_IOUS, SPARSE_SEED, candidates, choose_operating_point, count_mae_at, kept_scores, operating_point_set
 from trainer.model import DEFAULT_NMS_IOU
-from trainer.evaluate import NMS_IOUS, candidates, choose_operating_point, count_mae_at, kept_scores
 from trainer.predictor import Predictor
 
 
@@ -29,12 +30,18 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     predictor = Predictor(args.model_dir, device="cpu")
     version = open_store().get(args.dataset or json.loads((args.model_dir / "model.json").read_text())["dataset_version"])
-    gt = {split: version.coco(split) for split in ("val", "test")}
-    cands = {split: candidates(predictor, version, split) for split in gt}
-    for name, ious in ((f"threshold only, NMS IoU {DEFAULT_NMS_IOU}", (DEFAULT_NMS_IOU,)), ("threshold and NMS IoU", NMS_IOUS)):
-        threshold, iou = choose_operating_point(gt["val"], cands["val"], ious)
-        maes = [count_mae_at(gt[split], kept_scores(cands[split], iou), threshold) for split in gt]
-        print(f"{name:28s}: threshold {threshold:.2f}, NMS IoU {iou:.1f}: count MAE val {maes[0]:.2f}, test {maes[1]:.2f}")
+    val = version.coco("val")
+    chosen_on = {"val": (val, candidates(predictor, version, "val")), "val + sparse": operating_point_set(predictor, version)}
+    check, check_cands = operating_point_set(predictor, version, seed=SPARSE_SEED + 1000)
+    sparse_ids = {im["id"] for im in check["images"]} - {im["id"] for im in val["images"]}
+    sparse = {"images": [{"id": i} for i in sparse_ids], "annotations": [a for a in check["annotations"] if a["image_id"] in sparse_ids]}
+    measured = {"val": (val, chosen_on["val"][1]), "test": (version.coco("test"), candidates(predictor, version, "test")), "other sparse": (sparse, check_cands)}
+    for on, (gt, cands) in chosen_on.items():
+        for name, ious in ((f"IoU {DEFAULT_NMS_IOU}", (DEFAULT_NMS_IOU,)), ("IoU 0.3-0.7", NMS_IOUS)):
+            threshold, iou = choose_operating_point(gt, cands, ious)
+            maes = {split: count_mae_at(g, kept_scores({i: c[i] for i in (im["id"] for im in g["images"])}, iou), threshold) for split, (g, c) in measured.items()}
+            row = ", ".join(f"{split} {mae:.2f}" for split, mae in maes.items())
+            print(f"chosen on {on:12s} {name:11s}: threshold {threshold:.2f}, NMS IoU {iou:.1f}: count MAE {row}")
 
 
 if __name__ == "__main__":

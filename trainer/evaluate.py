@@ -3,8 +3,8 @@
 Detections are COCO result dicts (``image_id``, ``category_id``, ``segmentation`` RLE,
 ``bbox`` xywh, ``score``), kept down to :data:`MIN_SCORE` so AP sees the whole ranking.
 The count of a photo is the number of detections with score >= the model's threshold after
-NMS at the model's IoU; this operating point is chosen on ``val``
-(:func:`choose_operating_point`) and never on ``test``.
+NMS at the model's IoU; this operating point is chosen on ``val`` and sparse scenes made from
+it (:func:`operating_point_set`, :func:`choose_operating_point`), never on ``test``.
 """
 
 from __future__ import annotations
@@ -115,6 +115,38 @@ def candidates(predictor, version: DatasetVersion, split: str, progress: bool = 
         im["id"]: predictor.candidates(read_image(version.image_path(im)), MIN_SCORE)
         for im in tqdm(images, desc=f"candidates {split}", disable=not progress, leave=False)
     }
+
+
+SPARSE_SEED = 20_000  # sparse scenes for the operating point; bench/open_shelves_budget.py checks on others
+
+
+def operating_point_set(
+    predictor, version: DatasetVersion, progress: bool = True, seed: int = SPARSE_SEED
+) -> tuple[dict[str, Any], Candidates]:
+    """What the operating point is chosen on: val, plus one sparse scene made from each val photo.
+
+    The sample's val photos are all shelves of 4-54 books; the sparse scenes (0-6 of a photo's
+    books on a book-free background, :func:`trainer.data.sparse_scene`) keep the chosen threshold
+    from counting clutter as books in photos with few of them. Returns (a COCO-like ground truth
+    with one annotation per book, candidates), for :func:`choose_operating_point`.
+    """
+    from trainer.data import sparse_scene
+
+    gt = version.coco("val")
+    cands = candidates(predictor, version, "val", progress)
+    images, annotations = list(gt["images"]), list(gt["annotations"])
+    anns: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in gt["images"]}
+    for a in gt["annotations"]:
+        anns[a["image_id"]].append(a)
+    first = max((im["id"] for im in images), default=0) + 1
+    for k, im in enumerate(tqdm(gt["images"], desc="sparse scenes", disable=not progress, leave=False)):
+        photo = read_image(version.image_path(im))
+        masks = np.stack([rle.decode(a["segmentation"]) for a in anns[im["id"]]]) if anns[im["id"]] else np.zeros((0, photo.height, photo.width), bool)
+        scene, books = sparse_scene(photo, masks, np.random.default_rng(seed + k))
+        images.append({"id": first + k})
+        annotations += [{"image_id": first + k}] * len(books)
+        cands[first + k] = predictor.candidates(scene, MIN_SCORE)
+    return {"images": images, "annotations": annotations}, cands
 
 
 def kept_scores(cands: Candidates, iou: float) -> dict[int, np.ndarray]:

@@ -309,13 +309,13 @@ def train_and_save(
     log: Callable[[str], None] = print,
 ) -> Path:
     """Train, write ``run_dir/model`` (model.pt + model.json) and ``run_dir/plots/loss_curves.png``,
-    choose the counting operating point on val.
+    choose the counting operating point on val and sparse scenes made from it.
 
     model.json holds the network config, the operating point (score threshold and NMS IoU), the
     dataset version and its manifest content hash, the training config and history, and the val
     metrics at that operating point.
     """
-    from trainer.evaluate import candidates, choose_operating_point, detect, metrics
+    from trainer.evaluate import choose_operating_point, detect, metrics, operating_point_set
     from trainer.model import DEFAULT_NMS_IOU, save_model_dir
     from trainer.predictor import Predictor
 
@@ -338,7 +338,7 @@ def train_and_save(
     val = result.version.coco("val")
     if val["images"]:
         predictor = Predictor(out, device="cpu")
-        meta["threshold"], meta["nms_iou"] = choose_operating_point(val, candidates(predictor, result.version, "val", progress))
+        meta["threshold"], meta["nms_iou"] = choose_operating_point(*operating_point_set(predictor, result.version, progress))
         predictor.set_nms_iou(meta["nms_iou"])
         detections = detect(predictor, result.version, "val", progress)
         meta["metrics"] = {f"val_{k}": v for k, v in metrics(val, detections, meta["threshold"]).items()}
