@@ -56,11 +56,11 @@ def stop_backend(settings: Settings) -> bool:
 
 def connect(settings: Settings) -> int:
     """Connect the running backend to the Label Studio project (idempotent); the backend row id."""
-    from annotator import labelstudio
+    from annotator.labelstudio.ml_backend_link import connect_ml_backend
+    from annotator.labelstudio.project import ensure_project
     from annotator.ml_backend import TITLE
 
-    project_id = labelstudio.ensure_project(settings)
-    return labelstudio.connect_ml_backend(settings, project_id, settings.ml_backend_url, TITLE)
+    return connect_ml_backend(settings, ensure_project(settings), settings.ml_backend_url, TITLE)
 
 
 @ml_backend_app.command()
@@ -70,13 +70,13 @@ def start() -> None:
     Without a SAM checkpoint it still starts: boxes are answered by the champion Mask R-CNN's
     mask head and clicks get a "needs a SAM checkpoint" message.
     """
-    from annotator import labelstudio
+    from annotator.labelstudio.server import is_healthy
 
     settings = get_settings()
     started = start_backend(settings)
     verb = "started" if started else "already running"
     typer.echo(f"ML backend {verb} at {settings.ml_backend_url}; log {_server(settings).log_file}")
-    if labelstudio.is_healthy(settings):
+    if is_healthy(settings):
         typer.echo(f"connected to project '{settings.ls_project_title}' (ML backend #{connect(settings)})")
     else:
         typer.echo("Label Studio is not running: connect later with 'bookcounter ml-backend connect'")

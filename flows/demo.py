@@ -23,10 +23,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from annotator import labelstudio
 from annotator.cli import open_store
 from annotator.coco_import import read_coco
 from annotator.dataset_store import SPLITS
+from annotator.labelstudio.project import ensure_project, task_shas
+from annotator.labelstudio.server import start_server
 from bookcounter.errors import UserError
 from bookcounter.processes import Server
 from bookcounter.settings import Settings
@@ -54,7 +55,7 @@ def run_demo(settings: Settings, first_train_photos: int = 40, budget_minutes: f
         raise UserError(f"sample not found: {', '.join(missing)} (set BOOKCOUNTER_SAMPLE_DIR)")
 
     _step(1, "start Label Studio and the ML backend; import the first dataset version")
-    console.print(labelstudio.start_server(settings).line())
+    console.print(start_server(settings).line())
     from annotator import ml_backend_server
 
     # The demo drives the loop itself: the backend's every-N-annotations trigger is off while
@@ -79,7 +80,7 @@ def run_demo(settings: Settings, first_train_photos: int = 40, budget_minutes: f
 
     _step(3, f"drop the other {len(rest)} train photos into the inbox; prelabel")
     settings.inbox_dir.mkdir(parents=True, exist_ok=True)
-    known = labelstudio.task_shas(settings, labelstudio.ensure_project(settings))
+    known = task_shas(settings, ensure_project(settings))
     for item in rest:
         if item.sha256 not in known:
             (settings.inbox_dir / Path(item.file_name).name).write_bytes(item.data)

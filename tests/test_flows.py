@@ -9,8 +9,10 @@ import pytest
 from fixtures_labelstudio import save_photo, shelf_photo
 from fixtures_trainer import make_synthetic_store, tiny_train_config
 
-from annotator import labelstudio
 from annotator.cli import open_store
+from annotator.labelstudio.client import client
+from annotator.labelstudio.mask_codec import brush_result
+from annotator.labelstudio.project import ensure_project, task_shas
 from bookcounter.locks import file_lock
 from bookcounter.settings import Settings
 from flows.loop import collect_flow, retrain_flow, watch_annotations_flow
@@ -31,13 +33,13 @@ def _drop_photos(settings: Settings, seeds: list[int]) -> list[Path]:
 
 def _annotate_all(settings: Settings) -> int:
     """A person paints one book (a rectangle) on every task; returns how many were annotated."""
-    ls = labelstudio.client(settings)
-    project = labelstudio.ensure_project(settings)
-    tasks = labelstudio.task_shas(settings, project)
+    ls = client(settings)
+    project = ensure_project(settings)
+    tasks = task_shas(settings, project)
     for task_id in tasks.values():
         mask = np.zeros((120, 160), bool)
         mask[20:100, 30:50] = True
-        ls.annotations.create(id=task_id, result=[labelstudio.brush_result(mask)], lead_time=12.0)
+        ls.annotations.create(id=task_id, result=[brush_result(mask)], lead_time=12.0)
     return len(tasks)
 
 
@@ -49,7 +51,7 @@ def test_prelabel_flow_twice_gives_one_task_per_photo(ls_settings: Settings) -> 
         save_photo(shelf_photo(seed=int(p.stem.split("-")[1])), p)
     second = prelabel_flow()
     assert second == {"imported": 0, "already_there": 2, "rejected": 0}
-    assert len(labelstudio.task_shas(ls_settings, labelstudio.ensure_project(ls_settings))) == 2
+    assert len(task_shas(ls_settings, ensure_project(ls_settings))) == 2
     assert prelabel_flow()["imported"] == 0  # empty inbox: nothing to do
 
 
