@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 from tqdm import tqdm
 
 from annotator.dataset_store import CommitResult, DatasetStore, NewImage
-from annotator.labelstudio.client import call, client
+from annotator.labelstudio.client import api_errors, client
 from annotator.labelstudio.label_config import IMAGE
 from annotator.labelstudio.mask_codec import result_mask
 from annotator.labelstudio.project import ensure_project, export_snapshot, fetch_photo
@@ -106,8 +106,8 @@ def pending_annotations(settings: Settings | None = None) -> int:
     """How many annotated tasks no dataset version holds yet (one API call; used to trigger the loop)."""
     settings = settings or get_settings()
     project_id = ensure_project(settings)
-    ls = client(settings)
-    project = call(settings, "read the project", lambda: ls.projects.get(id=project_id))
+    with api_errors(settings, "read the project"):
+        project = client(settings).projects.get(id=project_id)
     latest = DatasetStore(settings.datasets_dir).latest()
     collected = set()
     if latest is not None:

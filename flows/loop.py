@@ -26,7 +26,7 @@ from bookcounter.settings import get_settings
 ANNOTATIONS_READY = "bookcounter.annotations.ready"
 
 
-@task(retries=2, retry_delay_seconds=10, timeout_seconds=300)
+@task(timeout_seconds=300)
 def ensure_labelstudio() -> str:
     """Use the Label Studio that answers at the configured URL, else start ours (or fail clearly)."""
     settings = get_settings()
@@ -35,7 +35,7 @@ def ensure_labelstudio() -> str:
     return start_server(settings).line()
 
 
-@task(retries=2, retry_delay_seconds=15, timeout_seconds=1800)
+@task(timeout_seconds=1800)
 def collect_task() -> dict[str, Any] | None:
     from annotator.collect import collect
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from annotator.collect import latest_submitted
-from annotator.labelstudio.client import call, client
+from annotator.labelstudio.client import api_errors, client
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.project import ensure_project, export_snapshot
 from bookcounter import masks
@@ -49,10 +49,7 @@ def replay(settings: Settings, references: dict[str, list[masks.RLE]], limit: in
     for task in tqdm(todo[:limit], desc="replay annotator", unit="task"):
         books = references[task["data"]["sha256"]]
         results = [brush_result(masks.decode(rle)) for rle in books]
-        call(
-            settings,
-            f"annotate task {task['id']}",
-            lambda: ls.annotations.create(id=task["id"], result=results, lead_time=SECONDS_PER_BOOK * len(books)),
-        )
+        with api_errors(settings, f"annotate task {task['id']}"):
+            ls.annotations.create(id=task["id"], result=results, lead_time=SECONDS_PER_BOOK * len(books))
         done.append(task["id"])
     return done

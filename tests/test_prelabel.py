@@ -130,7 +130,7 @@ def test_label_studio_down_gives_a_clear_error_and_a_rerun_completes(
 ) -> None:
     for i in range(2):
         save_photo(shelf_photo(96, 64, seed=20 + i), ls_settings.inbox_dir / f"p{i}.jpg")
-    monkeypatch.setattr("annotator.labelstudio.client.RETRY_DELAYS_S", (0.1, 0.2))
+    monkeypatch.setattr("annotator.labelstudio.client.MAX_RETRIES", 1)
     monkeypatch.setenv("BOOKCOUNTER_LS_PORT", str(free_port()))  # nobody listens there
     get_settings.cache_clear()
     with pytest.raises(LabelStudioUnavailable, match="not reachable.*bookcounter labelstudio start"):

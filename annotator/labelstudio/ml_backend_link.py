@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from annotator.labelstudio.client import call, client
+from annotator.labelstudio.client import api_errors, client
 from bookcounter.locks import file_lock
 from bookcounter.settings import Settings
 
@@ -18,8 +18,7 @@ def connect_ml_backend(settings: Settings, project_id: int, url: str, title: str
     """
     ls = client(settings)
     url = url.rstrip("/")
-
-    def once() -> int:
+    with file_lock(settings.run_dir / "labelstudio-ml-backend.lock"), api_errors(settings, f"connect the ML backend at {url}"):
         rows = ls.ml.list(project=project_id)
         ours = [r for r in rows if (r.url or "").rstrip("/") == url]
         keep = ours[0].id if ours else None
@@ -41,6 +40,3 @@ def connect_ml_backend(settings: Settings, project_id: int, url: str, title: str
         if (ls.projects.get(id=project_id).model_version or "") != before:
             ls.projects.update(id=project_id, model_version=before)
         return row.id
-
-    with file_lock(settings.run_dir / "labelstudio-ml-backend.lock"):
-        return call(settings, f"connect the ML backend at {url}", once)

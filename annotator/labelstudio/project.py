@@ -14,11 +14,10 @@ import mimetypes
 import time
 from typing import Any
 
-import httpx
 from label_studio_sdk import LabelStudio
-from label_studio_sdk.core.api_error import ApiError
+from label_studio_sdk.core import ApiError
 
-from annotator.labelstudio.client import call, client, http
+from annotator.labelstudio.client import api_errors, checked, client, raw_requests
 from annotator.labelstudio.errors import LabelStudioError
 from annotator.labelstudio.label_config import LABEL_CONFIG
 from bookcounter.locks import file_lock
@@ -37,8 +36,7 @@ def ensure_project(settings: Settings) -> int:
     """
     ls = client(settings)
     title = settings.ls_project_title
-
-    def find_or_create() -> int:
+    with file_lock(settings.run_dir / "labelstudio-project.lock"), api_errors(settings, f"find or create project {title!r}"):
         found = [p for p in ls.projects.list(title=title) if p.title == title]
         if found:
             project = ls.projects.get(id=min(p.id for p in found))
@@ -51,58 +49,45 @@ def ensure_project(settings: Settings) -> int:
             label_config=LABEL_CONFIG,
         ).id
 
-    with file_lock(settings.run_dir / "labelstudio-project.lock"):
-        return call(settings, f"find or create project {title!r}", find_or_create)
-
 
 def task_shas(settings: Settings, project_id: int) -> dict[str, int]:
     """sha256 (of the inbox file) -> task id, for every task of the project that has one."""
     ls = client(settings)
-
-    def fetch() -> dict[str, int]:
-        out: dict[str, int] = {}
+    out: dict[str, int] = {}
+    with api_errors(settings, "list tasks"):
         for t in ls.tasks.list(project=project_id, fields="task_only", resolve_uri=False, page_size=500):
             sha = (t.data or {}).get("sha256")
             if sha:
                 out.setdefault(sha, t.id)
-        return out
-
-    return call(settings, "list tasks", fetch)
+    return out
 
 
 def upload_photo(settings: Settings, project_id: int, data: bytes, file_name: str) -> str:
     """Upload a photo into the project's media store (no task yet); returns its ``/data/upload`` URL."""
-
-    def upload() -> str:
-        with http(settings) as h:
-            r = h.post(
-                f"/api/projects/{project_id}/import",
+    mime = mimetypes.guess_type(file_name)[0] or "application/octet-stream"
+    with raw_requests(settings) as http, api_errors(settings, f"upload {file_name}"):
+        r = checked(
+            http.request(
+                f"api/projects/{project_id}/import",
+                method="POST",
                 params={"commit_to_project": "false"},
-                files={"file": (file_name, data, mimetypes.guess_type(file_name)[0] or "application/octet-stream")},
+                files={"file": (file_name, data, mime)},
             )
-            r.raise_for_status()
-            upload_id = r.json()["file_upload_ids"][0]
-            r = h.get(f"/api/projects/{project_id}/file-uploads", params={"ids": json.dumps([upload_id])})
-            r.raise_for_status()
-            return next(u["file"] for u in r.json() if u["id"] == upload_id)
-
-    try:
-        url = call(settings, f"upload {file_name}", upload)
-    except httpx.HTTPStatusError as e:
-        raise LabelStudioError(f"Label Studio refused upload of {file_name}: {e.response.status_code} {e.response.text[:300]}") from None
+        )
+        upload_id = r.json()["file_upload_ids"][0]
+        r = checked(http.request(f"api/projects/{project_id}/file-uploads", method="GET", params={"ids": json.dumps([upload_id])}))
+    url = next(u["file"] for u in r.json() if u["id"] == upload_id)
     return f"{MEDIA_URL}{url.lstrip('/')}"
 
 
 def create_task(settings: Settings, project_id: int, data: dict[str, Any], predictions: list[dict[str, Any]]) -> int:
     """Import one task with its predictions in a single request; returns the task id.
 
-    Safe to retry: if an earlier attempt reached the server (answer lost), the task found by
-    its ``sha256`` is returned instead of importing a second one.
+    Safe to run again: a task that already has this ``sha256`` is returned, not imported twice.
     """
     ls = client(settings)
     sha = data["sha256"]
-
-    def once() -> int:
+    with api_errors(settings, f"import task for {data.get('file_name', sha[:12])}"):
         existing = _find_task(ls, project_id, sha)
         if existing is not None:
             return existing
@@ -111,8 +96,6 @@ def create_task(settings: Settings, project_id: int, data: dict[str, Any], predi
         )
         ids = getattr(res, "task_ids", None) or []
         return ids[0] if ids else _find_task(ls, project_id, sha)
-
-    return call(settings, f"import task for {data.get('file_name', sha[:12])}", once)
 
 
 def _find_task(ls: LabelStudio, project_id: int, sha: str) -> int | None:
@@ -132,30 +115,20 @@ def _find_task(ls: LabelStudio, project_id: int, sha: str) -> int | None:
 
 def fetch_photo(settings: Settings, url: str) -> bytes:
     """The bytes behind a task's image URL (``/data/upload/...`` or any URL Label Studio serves)."""
-
-    def get() -> bytes:
-        with http(settings) as h:
-            r = h.get(url)
-            r.raise_for_status()
-            return r.content
-
-    try:
-        return call(settings, f"fetch {url}", get)
-    except httpx.HTTPStatusError as e:
-        raise LabelStudioError(f"cannot fetch {url} from Label Studio: {e.response.status_code}") from None
+    with raw_requests(settings) as http, api_errors(settings, f"fetch {url}"):
+        return checked(http.request(url, method="GET")).content
 
 
 def export_snapshot(settings: Settings, project_id: int, timeout: float = 300.0) -> list[dict[str, Any]]:
     """All tasks with annotations, through an export snapshot (create, wait, download JSON)."""
     ls = client(settings, timeout=timeout)
-
-    def run() -> list[dict[str, Any]]:
+    with api_errors(settings, f"export project {project_id}"):
         snap = ls.projects.exports.create(id=project_id, title=f"bookcounter collect {time.strftime('%Y%m%dT%H%M%S')}")
         deadline = time.monotonic() + timeout
         while snap.status not in ("completed", "failed"):
             if time.monotonic() > deadline:
                 raise LabelStudioError(f"export snapshot {snap.id} still '{snap.status}' after {timeout:.0f} s")
-            time.sleep(0.5)
+            time.sleep(0.5)  # the snapshot is built in the background: poll its status
             snap = ls.projects.exports.get(id=project_id, export_pk=snap.id)
         if snap.status == "failed":
             raise LabelStudioError(f"export snapshot {snap.id} of project {project_id} failed in Label Studio")
@@ -164,6 +137,4 @@ def export_snapshot(settings: Settings, project_id: int, timeout: float = 300.0)
             ls.projects.exports.delete(id=project_id, export_pk=snap.id)
         except ApiError:
             log.warning("could not delete export snapshot %s", snap.id)
-        return json.loads(raw)
-
-    return call(settings, f"export project {project_id}", run)
+    return json.loads(raw)
