@@ -16,7 +16,6 @@ that already has a candidate is not trained again, and annotated tasks are not a
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from annotator.dataset_store import SPLITS
 from annotator.labelstudio.project import ensure_project, task_shas
 from annotator.labelstudio.server import start_server
 from bookcounter.errors import UserError
-from bookcounter.processes import Server
 from bookcounter.settings import Settings
 from flows.loop import loop_flow, retrain_flow
 from flows.prefect_server import start_ui
@@ -104,12 +102,11 @@ def _step(n: int, what: str) -> None:
 
 def _start_services(settings: Settings) -> dict[str, str]:
     from annotator import ml_backend_server
+    from serving.cli import start_in_background
 
     ml_backend_server.stop_backend(settings)
     ml_backend_server.start_backend(settings)  # with the automatic retraining trigger as configured
-    exe = str(Path(sys.executable).with_name("bookcounter"))
-    page = f"http://{settings.serve_host}:{settings.serve_port}"
-    Server("serving", settings.run_dir).start([exe, "serve"], f"{page}/healthz", timeout=120)
+    page = start_in_background(settings)
     from trainer import registry
 
     return {
@@ -152,6 +149,7 @@ def _summary(settings: Settings, before, first, urls: dict[str, str], seconds: f
     for name, url in urls.items():
         console.print(f"{name:>13}: {url}")
     console.print(f"decision log: {settings.decision_log}\ndemo took {seconds / 60:.1f} min")
+    console.print("what runs now: bookcounter status\nstop it all:   bookcounter stop")
     (settings.state_dir / "demo-summary.json").write_text(json.dumps({"seconds": seconds, "urls": urls}, indent=2))
 
 

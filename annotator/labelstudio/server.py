@@ -13,10 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-import httpx
-
 from annotator.labelstudio.errors import LabelStudioError
-from bookcounter.processes import Server
+from bookcounter.processes import Server, answers
 from bookcounter.settings import Settings
 
 HEALTH_TIMEOUT_S = 120.0
@@ -45,11 +43,12 @@ def server_process(settings: Settings) -> Server:
     return Server("labelstudio", settings.run_dir)
 
 
+def health_url(settings: Settings) -> str:
+    return f"{settings.ls_url}/health"
+
+
 def is_healthy(settings: Settings, timeout: float = 2.0) -> bool:
-    try:
-        return httpx.get(f"{settings.ls_url}/health", timeout=timeout).is_success
-    except httpx.HTTPError:
-        return False
+    return answers(health_url(settings), timeout)
 
 
 def server_status(settings: Settings) -> ServerStatus:
@@ -113,7 +112,7 @@ def start_server(settings: Settings, timeout: float = HEALTH_TIMEOUT_S) -> Serve
         raise LabelStudioError(f"{exe} not found: create the Label Studio venv ('make setup') or set BOOKCOUNTER_LS_VENV")
     settings.ls_data_dir.mkdir(parents=True, exist_ok=True)
     cmd = [str(exe), "start", "--no-browser", "--internal-host", settings.ls_host, "--port", str(settings.ls_port)]
-    server.start(cmd, f"{settings.ls_url}/health", env=server_env(settings), timeout=timeout, cwd=settings.ls_data_dir)
+    server.start(cmd, health_url(settings), env=server_env(settings), timeout=timeout, cwd=settings.ls_data_dir)
     return server_status(settings)
 
 
