@@ -63,8 +63,10 @@ def api_errors(settings: Settings, what: str) -> Iterator[None]:
             name = type(e).__name__ if isinstance(e, httpx.TransportError) else f"HTTP {e.status_code}"
             cause = f"{name} after {MAX_RETRIES} retries over {retry_window_s():.0f} s"
         else:
-            raise LabelStudioError(f"Label Studio refused to {what}: {e.status_code} {str(e.body)[:300]}") from None
+            body = str(e.body).strip()
+            detail = "" if body.startswith("<") else f" {body[:300]}"  # an HTML error page says nothing more
+            raise LabelStudioError(f"cannot {what}: Label Studio answered {e.status_code}{detail}") from None
         raise LabelStudioUnavailable(
-            f"could not {what}: Label Studio at {settings.ls_url} is not reachable ({cause}); "
+            f"cannot {what}: Label Studio at {settings.ls_url} is not reachable ({cause}); "
             "start it with 'bookcounter labelstudio start'"
         ) from None
