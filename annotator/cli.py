@@ -128,12 +128,13 @@ def labelstudio_start() -> None:
     user and API token come from settings; pid file and log under var/run. The project is
     created on first start.
     """
-    from annotator import labelstudio
+    from annotator.labelstudio.project import ensure_project
+    from annotator.labelstudio.server import server_process, start_server
 
     s = get_settings()
-    with console.status(f"starting Label Studio on {s.ls_url} (log {s.run_dir / 'labelstudio.log'})"):
-        status = labelstudio.start_server(s)
-        project_id = labelstudio.ensure_project(s)
+    with console.status(f"starting Label Studio on {s.ls_url} (log {server_process(s).log_file})"):
+        status = start_server(s)
+        project_id = ensure_project(s)
     console.print(status.line())
     console.print(f"project {s.ls_project_title!r}: {s.ls_url}/projects/{project_id}  (login {s.ls_username})")
 
@@ -141,18 +142,18 @@ def labelstudio_start() -> None:
 @labelstudio_app.command("stop")
 def labelstudio_stop() -> None:
     """Stop the Label Studio server that 'start' started (only that process)."""
-    from annotator import labelstudio
+    from annotator.labelstudio.server import stop_server
 
-    stopped = labelstudio.stop_server(get_settings())
+    stopped = stop_server(get_settings())
     console.print("Label Studio stopped" if stopped else "Label Studio was not running (no live pid file)")
 
 
 @labelstudio_app.command("status")
 def labelstudio_status() -> None:
     """Say whether Label Studio is running and healthy; exit 1 if it is not."""
-    from annotator import labelstudio
+    from annotator.labelstudio.server import server_status
 
-    status = labelstudio.server_status(get_settings())
+    status = server_status(get_settings())
     console.print(status.line())
     if not (status.running and status.healthy):
         raise typer.Exit(1)

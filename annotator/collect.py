@@ -18,8 +18,11 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from annotator import labelstudio
 from annotator.dataset_store import CommitResult, DatasetStore, NewImage
+from annotator.labelstudio.client import api_errors, client
+from annotator.labelstudio.label_config import IMAGE
+from annotator.labelstudio.mask_codec import result_mask
+from annotator.labelstudio.project import ensure_project, export_snapshot, fetch_photo
 from bookcounter import masks
 from bookcounter.images import BadImage, decode_image
 from bookcounter.settings import Settings, get_settings
@@ -36,8 +39,8 @@ def latest_submitted(task: dict[str, Any]) -> dict[str, Any] | None:
 def collect(settings: Settings | None = None) -> CommitResult | None:
     """Write a new dataset version from the submitted annotations; None when nothing is new."""
     settings = settings or get_settings()
-    project_id = labelstudio.ensure_project(settings)
-    tasks = labelstudio.export_snapshot(settings, project_id)
+    project_id = ensure_project(settings)
+    tasks = export_snapshot(settings, project_id)
     report: Counter = Counter()
     items = []
     for task in tqdm(tasks, desc="collecting", unit="task", leave=False):
@@ -63,8 +66,8 @@ def collect(settings: Settings | None = None) -> CommitResult | None:
 def _new_image(
     settings: Settings, project_id: int, task: dict[str, Any], annotation: dict[str, Any], report: Counter
 ) -> NewImage | None:
-    url = task["data"][labelstudio.IMAGE]
-    data = labelstudio.fetch_photo(settings, url)
+    url = task["data"][IMAGE]
+    data = fetch_photo(settings, url)
     served_name = PurePosixPath(urlparse(url).path).name
     try:
         image = decode_image(data, served_name)
@@ -74,7 +77,7 @@ def _new_image(
         return None
     rles = []
     for result in annotation.get("result") or []:
-        mask = labelstudio.result_mask(result, image.height, image.width)
+        mask = result_mask(result, image.height, image.width)
         if mask is None:
             continue  # a prompt (keypoint, rectangle) or another kind of result
         if not mask.any():
@@ -102,9 +105,9 @@ def _new_image(
 def pending_annotations(settings: Settings | None = None) -> int:
     """How many annotated tasks no dataset version holds yet (one API call; used to trigger the loop)."""
     settings = settings or get_settings()
-    project_id = labelstudio.ensure_project(settings)
-    ls = labelstudio.client(settings)
-    project = labelstudio.call(settings, "read the project", lambda: ls.projects.get(id=project_id))
+    project_id = ensure_project(settings)
+    with api_errors(settings, "read the project"):
+        project = client(settings).projects.get(id=project_id)
     latest = DatasetStore(settings.datasets_dir).latest()
     collected = set()
     if latest is not None:

@@ -38,7 +38,10 @@ from fastapi import Body, FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 
-from annotator import labelstudio, training_trigger
+from annotator import training_trigger
+from annotator.labelstudio.label_config import BRUSH, IMAGE
+from annotator.labelstudio.mask_codec import brush_result
+from annotator.labelstudio.project import fetch_photo
 from bookcounter.errors import UserError
 from bookcounter.images import decode_image, sha256_bytes
 from bookcounter.settings import Settings, get_settings
@@ -127,11 +130,11 @@ def check_label_config(schema: str) -> None:
         root = ET.fromstring(schema)
     except ET.ParseError as e:
         raise UserError(f"labelling config is not valid XML ({e})") from None
-    brushes = [el for el in root.iter("BrushLabels") if el.get("name") == labelstudio.BRUSH]
-    if not brushes or brushes[0].get("toName") != labelstudio.IMAGE:
+    brushes = [el for el in root.iter("BrushLabels") if el.get("name") == BRUSH]
+    if not brushes or brushes[0].get("toName") != IMAGE:
         raise UserError(
-            f'labelling config has no <BrushLabels name="{labelstudio.BRUSH}" toName="{labelstudio.IMAGE}">; '
-            "use bookcounter's project config (annotator/labelstudio.py)"
+            f'labelling config has no <BrushLabels name="{BRUSH}" toName="{IMAGE}">; '
+            "use bookcounter's project config (annotator/labelstudio/label_config.py)"
         )
 
 
@@ -180,9 +183,9 @@ class Backend:
 
     def photo(self, task: dict[str, Any]) -> Photo:
         """The task's photo, decoded once and kept in a small LRU (fetched from Label Studio)."""
-        url = (task.get("data") or {}).get(labelstudio.IMAGE)
+        url = (task.get("data") or {}).get(IMAGE)
         if not isinstance(url, str) or not url:
-            raise UserError(f"task {task.get('id')}: data.{labelstudio.IMAGE} holds no image URL")
+            raise UserError(f"task {task.get('id')}: data.{IMAGE} holds no image URL")
         with self._lock:
             if url in self._photos:
                 self._photos.move_to_end(url)
@@ -193,7 +196,7 @@ class Backend:
                 with self._lock:
                     if url in self._photos:
                         return self._photos[url]
-                data = labelstudio.fetch_photo(self.settings, self._checked_url(url))
+                data = fetch_photo(self.settings, self._checked_url(url))
                 image = decode_image(data, url, max_megapixels=self.settings.max_megapixels)
                 sha = (task.get("data") or {}).get("sha256")
                 key = sha if isinstance(sha, str) and len(sha) == 64 and sha.isalnum() else sha256_bytes(data)
@@ -257,7 +260,7 @@ class Backend:
             task.get("id"), len(prompt.points), " + box" if prompt.box is not None else "",
             int(mask.sum()), score, embedding, 1000 * (time.perf_counter() - t0),
         )
-        return {"result": [labelstudio.brush_result(mask, score)], "score": float(score), "model_version": version}
+        return {"result": [brush_result(mask, score)], "score": float(score), "model_version": version}
 
 
 def load_backend(settings: Settings) -> Backend:

@@ -25,7 +25,8 @@ ml_backend_app = typer.Typer(
 )
 
 
-def _server(settings: Settings) -> Server:
+def backend_process(settings: Settings) -> Server:
+    """The pid file and log of the backend bookcounter starts."""
     return Server("ml-backend", settings.run_dir)
 
 
@@ -46,21 +47,21 @@ def start_backend(settings: Settings, timeout: float = START_TIMEOUT_S) -> bool:
     # torch's OpenMP threads sleep instead of spinning between ops: clicks come one at a time,
     # and on a shared CPU spinning threads starve Label Studio and training (and themselves)
     env.setdefault("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-    return _server(settings).start(cmd, f"{settings.ml_backend_url}/health", env=env, timeout=timeout, cwd=REPO_ROOT)
+    return backend_process(settings).start(cmd, f"{settings.ml_backend_url}/health", env=env, timeout=timeout, cwd=REPO_ROOT)
 
 
 def stop_backend(settings: Settings) -> bool:
     """Stop the backend we started; False if none was running."""
-    return _server(settings).stop()
+    return backend_process(settings).stop()
 
 
 def connect(settings: Settings) -> int:
     """Connect the running backend to the Label Studio project (idempotent); the backend row id."""
-    from annotator import labelstudio
+    from annotator.labelstudio.ml_backend_link import connect_ml_backend
+    from annotator.labelstudio.project import ensure_project
     from annotator.ml_backend import TITLE
 
-    project_id = labelstudio.ensure_project(settings)
-    return labelstudio.connect_ml_backend(settings, project_id, settings.ml_backend_url, TITLE)
+    return connect_ml_backend(settings, ensure_project(settings), settings.ml_backend_url, TITLE)
 
 
 @ml_backend_app.command()
@@ -70,13 +71,13 @@ def start() -> None:
     Without a SAM checkpoint it still starts: boxes are answered by the champion Mask R-CNN's
     mask head and clicks get a "needs a SAM checkpoint" message.
     """
-    from annotator import labelstudio
+    from annotator.labelstudio.server import is_healthy
 
     settings = get_settings()
     started = start_backend(settings)
     verb = "started" if started else "already running"
-    typer.echo(f"ML backend {verb} at {settings.ml_backend_url}; log {_server(settings).log_file}")
-    if labelstudio.is_healthy(settings):
+    typer.echo(f"ML backend {verb} at {settings.ml_backend_url}; log {backend_process(settings).log_file}")
+    if is_healthy(settings):
         typer.echo(f"connected to project '{settings.ls_project_title}' (ML backend #{connect(settings)})")
     else:
         typer.echo("Label Studio is not running: connect later with 'bookcounter ml-backend connect'")
@@ -95,7 +96,7 @@ def status() -> None:
     import httpx
 
     settings = get_settings()
-    pid = _server(settings).pid()
+    pid = backend_process(settings).pid()
     try:
         health = httpx.get(f"{settings.ml_backend_url}/health", timeout=3).json()
     except (httpx.HTTPError, ValueError):
@@ -103,7 +104,7 @@ def status() -> None:
     if pid is None and health is None:
         typer.echo(f"ML backend is not running (would listen on {settings.ml_backend_url})")
     elif health is None:
-        typer.echo(f"ML backend (pid {pid}) is starting or stuck; log {_server(settings).log_file}")
+        typer.echo(f"ML backend (pid {pid}) is starting or stuck; log {backend_process(settings).log_file}")
     else:
         sam = f"SAM {health['sam']}" if health.get("sam") else "no SAM (boxes via the champion Mask R-CNN)"
         typer.echo(f"ML backend at {settings.ml_backend_url} (pid {pid}): {sam}, {health['encoder_calls']} embeddings computed")

@@ -25,9 +25,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from annotator import labelstudio
+from annotator.labelstudio.label_config import IMAGE
+from annotator.labelstudio.mask_codec import brush_result
+from annotator.labelstudio.project import create_task, ensure_project, task_shas, upload_photo
 from bookcounter.errors import UserError
 from bookcounter.images import BadImage, decode_image, sha256_bytes
+from bookcounter.locks import file_lock
 from bookcounter.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -129,13 +132,13 @@ def prelabel(
     if not inbox.is_dir():
         raise UserError(f"inbox {inbox} does not exist (put photos there or pass --inbox DIR)")
     report = PrelabelReport()
-    with labelstudio.file_lock(settings, "prelabel"):
+    with file_lock(settings.run_dir / "prelabel.lock"):
         photos = sorted(p for p in inbox.iterdir() if p.is_file() and not p.name.startswith("."))
         if not photos:
             report.model_version = "none"
             return report
-        project_id = labelstudio.ensure_project(settings)
-        existing = labelstudio.task_shas(settings, project_id)
+        project_id = ensure_project(settings)
+        existing = task_shas(settings, project_id)
         masker = masker or default_masker(settings, sam_checkpoint)
         report.model_version = masker.model_version
         for path in tqdm(photos, desc="pre-labelling", unit="photo"):
@@ -153,9 +156,9 @@ def prelabel(
                 continue
             found = masker(image, sha)
             served, served_name = served_copy(data, image, path.name)
-            url = labelstudio.upload_photo(settings, project_id, served, served_name)
+            url = upload_photo(settings, project_id, served, served_name)
             task_data: dict[str, Any] = {
-                labelstudio.IMAGE: url,
+                IMAGE: url,
                 "sha256": sha,
                 "file_name": path.name,
                 "width": image.width,
@@ -167,10 +170,10 @@ def prelabel(
                     {
                         "model_version": masker.model_version,
                         "score": float(np.mean([s for _, s in found])),
-                        "result": [labelstudio.brush_result(m, s) for m, s in found],
+                        "result": [brush_result(m, s) for m, s in found],
                     }
                 )
-            task_id = labelstudio.create_task(settings, project_id, task_data, predictions)
+            task_id = create_task(settings, project_id, task_data, predictions)
             existing[sha] = task_id
             report.imported[path.name] = task_id
             report.predictions[path.name] = len(found)

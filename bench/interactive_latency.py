@@ -97,20 +97,21 @@ def main() -> None:
     get_settings.cache_clear()
     settings = get_settings()
 
-    from annotator import labelstudio
+    from annotator.labelstudio.project import create_task, ensure_project, upload_photo
+    from annotator.labelstudio.server import start_server, stop_server
     from annotator.ml_backend_server import start_backend, stop_backend
 
     print(f"state in {state}; starting Label Studio and the ML backend ...", flush=True)
-    labelstudio.start_server(settings)
+    start_server(settings)
     try:
         start_backend(settings)
-        project = labelstudio.ensure_project(settings)
+        project = ensure_project(settings)
         tasks = []
         for p in photos:
             data = p.read_bytes()
-            url = labelstudio.upload_photo(settings, project, data, p.name)
+            url = upload_photo(settings, project, data, p.name)
             sha = sha256_bytes(data)
-            tid = labelstudio.create_task(settings, project, {"image": url, "sha256": sha, "file_name": p.name}, [])
+            tid = create_task(settings, project, {"image": url, "sha256": sha, "file_name": p.name}, [])
             tasks.append({"id": tid, "data": {"image": url, "sha256": sha}})
 
         rng = random.Random(0)
@@ -128,7 +129,7 @@ def main() -> None:
             health = http.get("/health").json()
     finally:
         stop_backend(settings)
-        labelstudio.stop_server(settings)
+        stop_server(settings)
         shutil.rmtree(state, ignore_errors=True)
 
     print(f"CPU: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} (shared machine: other jobs slow this down)")

@@ -35,9 +35,9 @@ def main() -> None:
     os.environ["BOOKCOUNTER_STATE_DIR"] = str(state)
     os.environ["BOOKCOUNTER_LS_PORT"] = str(args.ls_port)
 
-    from annotator import labelstudio
     from annotator.cli import open_store
     from annotator.coco_import import read_coco
+    from annotator.labelstudio.server import start_server, stop_server
     from bookcounter.settings import get_settings
     from flows.loop import loop_flow
     from flows.prelabel import prelabel_flow
@@ -47,7 +47,7 @@ def main() -> None:
     settings = get_settings()
     sample = settings.sample_dir
     print(f"state dir {state}", file=sys.stderr)
-    labelstudio.start_server(settings)
+    start_server(settings)
     try:
         held_out = read_coco(sample / "val.json", sample)[0] + read_coco(sample / "test.json", sample)[0]
         open_store().commit(held_out, source={"name": "open-shelves", "licence": "CC BY 4.0"})
@@ -75,7 +75,7 @@ def main() -> None:
             ])
             _print(rows)
     finally:
-        labelstudio.stop_server(settings)
+        stop_server(settings)
 
 
 HEADER = ["round", "photos annotated", "dataset", "candidate", "cand. MAE", "champ. MAE*", "cand. mask AP",

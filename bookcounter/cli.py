@@ -17,7 +17,7 @@ import typer  # noqa: E402
 from annotator.cli import collect_command, dataset_app, labelstudio_app, prelabel_command
 from annotator.ml_backend_server import ml_backend_app
 from bookcounter.errors import UserError
-from flows.cli import demo, flows_app, ui_prefect
+from flows.cli import demo, flows_app, status_command, stop_command, ui_prefect
 from serving.cli import serve
 from trainer.cli import evaluate_command, mlflow_ui, promote_command, registry_app, train_command
 
@@ -34,6 +34,8 @@ app.add_typer(ml_backend_app, name="ml-backend")
 app.command("prelabel")(prelabel_command)
 app.command("collect")(collect_command)
 app.command()(demo)
+app.command("status")(status_command)
+app.command("stop")(stop_command)
 app.command()(serve)
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)

@@ -1,8 +1,8 @@
 """Background servers that bookcounter starts (Label Studio, the ML backend, the UIs).
 
 Each one gets a pid file and a log under ``settings.run_dir``; ``stop`` ends only the process
-group it started. Starting waits until a health URL answers, and fails with a one-line error
-naming the log if the process dies or stays silent.
+group it started, and waits until none of it is left. Starting waits until a health URL
+answers, and fails with a one-line error naming the log if the process dies or stays silent.
 """
 
 from __future__ import annotations
@@ -44,6 +44,15 @@ class Server:
             return None
         return pid
 
+    def started_at(self) -> float | None:
+        """When our live process was started (the pid file is written as it starts), else None."""
+        if self.pid() is None:
+            return None
+        try:
+            return self.pid_file.stat().st_mtime
+        except OSError:
+            return None
+
     def start(self, cmd: Sequence[str], health_url: str, env: Mapping[str, str] | None = None,
               timeout: float = 120, cwd: Path | None = None) -> bool:
         """Start ``cmd`` unless running; wait for ``health_url`` to answer 2xx. True if started now."""
@@ -65,16 +74,16 @@ class Server:
         return True
 
     def stop(self, timeout: float = 20) -> bool:
-        """Stop the process group we started; True if something was running."""
+        """Stop the process group we started, every process of it; True if something was running."""
         pid = self.pid()
         if pid is None:
             return False
         try:
             os.killpg(pid, signal.SIGTERM)
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and is_alive(pid):
+            while time.monotonic() < deadline and (is_alive(pid) or group_alive(pid)):
                 time.sleep(0.2)
-            if is_alive(pid):
+            if group_alive(pid):
                 os.killpg(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
@@ -87,13 +96,29 @@ def wait_healthy(url: str, timeout: float, server: Server, proc: subprocess.Pope
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise UserError(f"{server.name} exited with code {proc.returncode}; see {server.log_file}")
-        try:
-            if httpx.get(url, timeout=3).is_success:
-                return
-        except httpx.HTTPError:
-            pass
+        if answers(url, timeout=3):
+            return
         time.sleep(0.5)
     raise UserError(f"{server.name} did not answer on {url} within {timeout:.0f} s; see {server.log_file}")
+
+
+def answers(url: str, timeout: float = 2.0) -> bool:
+    """Whether ``url`` answers a GET with a 2xx status."""
+    try:
+        return httpx.get(url, timeout=timeout).is_success
+    except httpx.HTTPError:
+        return False
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether process group ``pgid`` (a server's workers included) still has a process."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def is_alive(pid: int) -> bool:

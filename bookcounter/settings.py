@@ -130,6 +130,15 @@ class Settings(BaseSettings):
     def ml_backend_url(self) -> str:
         return f"http://{self.ml_backend_host}:{self.ml_backend_port}"
 
+    @property
+    def serve_url(self) -> str:
+        """The counting server's page and API (``bookcounter serve``)."""
+        return f"http://{self.serve_host}:{self.serve_port}"
+
+    @property
+    def mlflow_ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.mlflow_ui_port}"
+
 
 @lru_cache
 def get_settings() -> Settings:

@@ -80,6 +80,28 @@ def ui_prefect(stop: bool = typer.Option(False, "--stop", help="Stop the Prefect
     typer.echo(f"Prefect UI: {start_ui(settings)}  (log: {prefect_ui_server(settings).log_file})")
 
 
+def status_command() -> None:
+    """Show every service bookcounter starts: its URL, pid, up or down, uptime and log file."""
+    from flows.services import status_lines
+
+    for line in status_lines(get_settings()):
+        typer.echo(line)
+
+
+def stop_command(
+    names: list[str] | None = typer.Argument(
+        None, metavar="NAME", help="Services to stop (see 'bookcounter status'); default: all of them."
+    ),
+) -> None:
+    """Stop the services bookcounter started, all of them by default; only processes it started."""
+    from flows.services import chosen
+
+    for service in chosen(get_settings(), names or ()):
+        pid = service.process.pid()
+        stopped = service.process.stop()
+        typer.echo(f"{service.title} ({service.name}): {f'stopped (pid {pid})' if stopped else 'not running'}")
+
+
 def demo(
     first_train_photos: int = typer.Option(40, help="Train photos in the first dataset version; the rest go through the inbox."),
     budget_minutes: float = typer.Option(10.0, help="Training time budget of each of the two trainings, in minutes."),

@@ -16,19 +16,18 @@ that already has a candidate is not trained again, and annotated tasks are not a
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from annotator import labelstudio
 from annotator.cli import open_store
 from annotator.coco_import import read_coco
 from annotator.dataset_store import SPLITS
+from annotator.labelstudio.project import ensure_project, task_shas
+from annotator.labelstudio.server import start_server
 from bookcounter.errors import UserError
-from bookcounter.processes import Server
 from bookcounter.settings import Settings
 from flows.loop import loop_flow, retrain_flow
 from flows.prefect_server import start_ui
@@ -54,7 +53,7 @@ def run_demo(settings: Settings, first_train_photos: int = 40, budget_minutes: f
         raise UserError(f"sample not found: {', '.join(missing)} (set BOOKCOUNTER_SAMPLE_DIR)")
 
     _step(1, "start Label Studio and the ML backend; import the first dataset version")
-    console.print(labelstudio.start_server(settings).line())
+    console.print(start_server(settings).line())
     from annotator import ml_backend_server
 
     # The demo drives the loop itself: the backend's every-N-annotations trigger is off while
@@ -79,7 +78,7 @@ def run_demo(settings: Settings, first_train_photos: int = 40, budget_minutes: f
 
     _step(3, f"drop the other {len(rest)} train photos into the inbox; prelabel")
     settings.inbox_dir.mkdir(parents=True, exist_ok=True)
-    known = labelstudio.task_shas(settings, labelstudio.ensure_project(settings))
+    known = task_shas(settings, ensure_project(settings))
     for item in rest:
         if item.sha256 not in known:
             (settings.inbox_dir / Path(item.file_name).name).write_bytes(item.data)
@@ -103,12 +102,11 @@ def _step(n: int, what: str) -> None:
 
 def _start_services(settings: Settings) -> dict[str, str]:
     from annotator import ml_backend_server
+    from serving.cli import start_in_background
 
     ml_backend_server.stop_backend(settings)
     ml_backend_server.start_backend(settings)  # with the automatic retraining trigger as configured
-    exe = str(Path(sys.executable).with_name("bookcounter"))
-    page = f"http://{settings.serve_host}:{settings.serve_port}"
-    Server("serving", settings.run_dir).start([exe, "serve"], f"{page}/healthz", timeout=120)
+    page = start_in_background(settings)
     from trainer import registry
 
     return {
@@ -151,6 +149,7 @@ def _summary(settings: Settings, before, first, urls: dict[str, str], seconds: f
     for name, url in urls.items():
         console.print(f"{name:>13}: {url}")
     console.print(f"decision log: {settings.decision_log}\ndemo took {seconds / 60:.1f} min")
+    console.print("what runs now: bookcounter status\nstop it all:   bookcounter stop")
     (settings.state_dir / "demo-summary.json").write_text(json.dumps({"seconds": seconds, "urls": urls}, indent=2))
 
 

@@ -18,24 +18,24 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
-from annotator import labelstudio
 from annotator.cli import open_store
+from annotator.labelstudio.server import is_healthy, start_server
 from bookcounter.locks import file_lock
 from bookcounter.settings import get_settings
 
 ANNOTATIONS_READY = "bookcounter.annotations.ready"
 
 
-@task(retries=2, retry_delay_seconds=10, timeout_seconds=300)
+@task(timeout_seconds=300)
 def ensure_labelstudio() -> str:
     """Use the Label Studio that answers at the configured URL, else start ours (or fail clearly)."""
     settings = get_settings()
-    if labelstudio.is_healthy(settings):
+    if is_healthy(settings):
         return f"Label Studio answers at {settings.ls_url}"
-    return labelstudio.start_server(settings).line()
+    return start_server(settings).line()
 
 
-@task(retries=2, retry_delay_seconds=15, timeout_seconds=1800)
+@task(timeout_seconds=1800)
 def collect_task() -> dict[str, Any] | None:
     from annotator.collect import collect
 

@@ -12,9 +12,9 @@ from bookcounter.settings import get_settings
 from flows.loop import ensure_labelstudio
 
 
-@task(retries=2, retry_delay_seconds=20, timeout_seconds=3600)
+@task(timeout_seconds=3600)
 def prelabel_task(inbox: str | None) -> PrelabelReport:
-    # Safe to retry: a photo already imported is recognised by its sha256 and not imported again.
+    # Label Studio requests retry in the SDK client (annotator/labelstudio/client.py), not here.
     return prelabel(Path(inbox) if inbox else None, settings=get_settings())
 
 

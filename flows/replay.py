@@ -13,8 +13,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from annotator import labelstudio
 from annotator.collect import latest_submitted
+from annotator.labelstudio.client import api_errors, client
+from annotator.labelstudio.mask_codec import brush_result
+from annotator.labelstudio.project import ensure_project, export_snapshot
 from bookcounter import masks
 from bookcounter.images import sha256_file
 from bookcounter.settings import Settings
@@ -37,20 +39,17 @@ def reference_masks(coco_json: Path, images_dir: Path) -> dict[str, list[masks.R
 
 def replay(settings: Settings, references: dict[str, list[masks.RLE]], limit: int | None = None) -> list[int]:
     """Submit the reference masks of tasks that have none yet; returns the annotated task ids."""
-    project_id = labelstudio.ensure_project(settings)
-    ls = labelstudio.client(settings)
+    project_id = ensure_project(settings)
+    ls = client(settings)
     todo = [
-        t for t in labelstudio.export_snapshot(settings, project_id)
+        t for t in export_snapshot(settings, project_id)
         if t["data"].get("sha256") in references and latest_submitted(t) is None
     ]
     done = []
     for task in tqdm(todo[:limit], desc="replay annotator", unit="task"):
         books = references[task["data"]["sha256"]]
-        results = [labelstudio.brush_result(masks.decode(rle)) for rle in books]
-        labelstudio.call(
-            settings,
-            f"annotate task {task['id']}",
-            lambda: ls.annotations.create(id=task["id"], result=results, lead_time=SECONDS_PER_BOOK * len(books)),
-        )
+        results = [brush_result(masks.decode(rle)) for rle in books]
+        with api_errors(settings, f"annotate task {task['id']}"):
+            ls.annotations.create(id=task["id"], result=results, lead_time=SECONDS_PER_BOOK * len(books))
         done.append(task["id"])
     return done

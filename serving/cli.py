@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
+from pathlib import Path
 
 import typer
 
 from bookcounter.errors import UserError
-from bookcounter.settings import get_settings
+from bookcounter.processes import Server
+from bookcounter.settings import Settings, get_settings
 
 
 class PortInUse(UserError):
@@ -42,6 +45,18 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     typer.echo(f"serving on http://{host}:{port}/ (API docs at /docs); Ctrl-C to stop")
     uvicorn.run(create_app(s), host=host, port=port, log_level="info")
+
+
+def serving_process(settings: Settings) -> Server:
+    """The pid file and log of ``bookcounter serve`` when bookcounter starts it in the background."""
+    return Server("serving", settings.run_dir)
+
+
+def start_in_background(settings: Settings, timeout: float = 120) -> str:
+    """Start ``bookcounter serve`` in the background unless it runs, wait until it answers; its URL."""
+    exe = str(Path(sys.executable).with_name("bookcounter"))
+    serving_process(settings).start([exe, "serve"], f"{settings.serve_url}/healthz", timeout=timeout)
+    return settings.serve_url
 
 
 def _check_free(host: str, port: int) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from annotator import labelstudio as ls_api
+from annotator.labelstudio.server import start_server, stop_server
 from bookcounter.settings import Settings, get_settings
 
 
@@ -40,11 +40,11 @@ def labelstudio(tmp_path_factory: pytest.TempPathFactory, session_state_dir: Pat
     os.environ["BOOKCOUNTER_LS_PORT"] = str(port)
     get_settings.cache_clear()
     server = Settings(state_dir=tmp_path_factory.mktemp("labelstudio"), ls_port=port)
-    ls_api.start_server(server)
+    start_server(server)
     try:
         yield server
     finally:
-        ls_api.stop_server(server)
+        stop_server(server)
         if old is None:
             os.environ.pop("BOOKCOUNTER_LS_PORT", None)
         else:

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from fixtures_labelstudio import BoxesFromLayout, save_photo, shelf_photo
 
-from annotator import labelstudio as ls_api
 from annotator.collect import collect
 from annotator.dataset_store import DatasetStore
+from annotator.labelstudio.client import client
+from annotator.labelstudio.mask_codec import brush_result
+from annotator.labelstudio.project import ensure_project
 from annotator.prelabel import Masker, prelabel
 from bookcounter import masks
 from bookcounter.images import read_image
@@ -46,8 +48,8 @@ def test_human_annotations_become_a_new_version_mask_for_mask(ls_settings: Setti
     store = DatasetStore(ls_settings.datasets_dir)
     assert collect() is None and store.versions() == []
 
-    ls = ls_api.client(ls_settings)
-    tasks = {t.data["file_name"]: t for t in ls.tasks.list(project=ls_api.ensure_project(ls_settings))}
+    ls = client(ls_settings)
+    tasks = {t.data["file_name"]: t for t in ls.tasks.list(project=ensure_project(ls_settings))}
     brush = disc(60, 50, 25) & ~disc(70, 50, 8)  # a ring: holes must survive
     polygon_pct = [[62.5, 10.0], [90.0, 12.5], [85.0, 90.0], [65.0, 80.0]]
     polygon = masks.decode(masks.from_polygons([[c for x, y in polygon_pct for c in (x * W / 100, y * H / 100)]], H, W))
@@ -55,13 +57,13 @@ def test_human_annotations_become_a_new_version_mask_for_mask(ls_settings: Setti
     polygon_result = {"from_name": "polygon", "to_name": "image", "type": "polygonlabels",
                       "original_width": W, "original_height": H,
                       "value": {"points": polygon_pct, "polygonlabels": ["book"], "closed": True}}
-    plain = ls.annotations.create(id=tasks["plain.jpg"].id, result=[ls_api.brush_result(brush), polygon_result], lead_time=12.5)
+    plain = ls.annotations.create(id=tasks["plain.jpg"].id, result=[brush_result(brush), polygon_result], lead_time=12.5)
     ls.annotations.create(
         id=tasks["phone.jpg"].id,
-        result=[ls_api.brush_result(phone_mask), ls_api.brush_result(np.zeros((H, W), bool))],  # + an empty mask
+        result=[brush_result(phone_mask), brush_result(np.zeros((H, W), bool))],  # + an empty mask
         lead_time=8.0,
     )
-    ls.annotations.create(id=tasks["skipped.jpg"].id, result=[ls_api.brush_result(disc(30, 30, 9))], was_cancelled=True)
+    ls.annotations.create(id=tasks["skipped.jpg"].id, result=[brush_result(disc(30, 30, 9))], was_cancelled=True)
 
     result = collect()
 
@@ -85,7 +87,7 @@ def test_human_annotations_become_a_new_version_mask_for_mask(ls_settings: Setti
     # nothing new: no version; a later correction of a task: a version with only the latest masks
     assert collect() is None and len(store.versions()) == 1
     corrected = disc(40, 60, 12)
-    ls.annotations.create(id=tasks["plain.jpg"].id, result=[ls_api.brush_result(corrected)])
+    ls.annotations.create(id=tasks["plain.jpg"].id, result=[brush_result(corrected)])
     second = collect()
     assert second is not None and second.version.name == "v0002"
     _, got = stored_masks(second.version, tasks["plain.jpg"].data["sha256"])

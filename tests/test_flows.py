@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,10 @@ import pytest
 from fixtures_labelstudio import save_photo, shelf_photo
 from fixtures_trainer import make_synthetic_store, tiny_train_config
 
-from annotator import labelstudio
 from annotator.cli import open_store
+from annotator.labelstudio.client import client
+from annotator.labelstudio.mask_codec import brush_result
+from annotator.labelstudio.project import ensure_project, task_shas
 from bookcounter.locks import file_lock
 from bookcounter.settings import Settings
 from flows.loop import collect_flow, retrain_flow, watch_annotations_flow
@@ -29,16 +32,18 @@ def _drop_photos(settings: Settings, seeds: list[int]) -> list[Path]:
     return [save_photo(shelf_photo(seed=s), settings.inbox_dir / f"shelf-{s}.jpg") for s in seeds]
 
 
-def _annotate_all(settings: Settings) -> int:
-    """A person paints one book (a rectangle) on every task; returns how many were annotated."""
-    ls = labelstudio.client(settings)
-    project = labelstudio.ensure_project(settings)
-    tasks = labelstudio.task_shas(settings, project)
-    for task_id in tasks.values():
+def _task_ids(settings: Settings) -> list[int]:
+    return sorted(task_shas(settings, ensure_project(settings)).values())
+
+
+def _annotate(settings: Settings, task_ids: list[int]) -> int:
+    """A person paints one book (a rectangle) on each of these tasks; returns how many."""
+    ls = client(settings)
+    for task_id in task_ids:
         mask = np.zeros((120, 160), bool)
         mask[20:100, 30:50] = True
-        ls.annotations.create(id=task_id, result=[labelstudio.brush_result(mask)], lead_time=12.0)
-    return len(tasks)
+        ls.annotations.create(id=task_id, result=[brush_result(mask)], lead_time=12.0)
+    return len(task_ids)
 
 
 def test_prelabel_flow_twice_gives_one_task_per_photo(ls_settings: Settings) -> None:
@@ -49,7 +54,7 @@ def test_prelabel_flow_twice_gives_one_task_per_photo(ls_settings: Settings) -> 
         save_photo(shelf_photo(seed=int(p.stem.split("-")[1])), p)
     second = prelabel_flow()
     assert second == {"imported": 0, "already_there": 2, "rejected": 0}
-    assert len(labelstudio.task_shas(ls_settings, labelstudio.ensure_project(ls_settings))) == 2
+    assert len(task_shas(ls_settings, ensure_project(ls_settings))) == 2
     assert prelabel_flow()["imported"] == 0  # empty inbox: nothing to do
 
 
@@ -57,21 +62,41 @@ def test_collect_flow_makes_one_version_per_change(ls_settings: Settings) -> Non
     _drop_photos(ls_settings, [3, 4])
     prelabel_flow()
     assert collect_flow() is None  # predictions alone are no dataset
-    assert _annotate_all(ls_settings) == 2
+    assert _annotate(ls_settings, _task_ids(ls_settings)) == 2
     assert collect_flow() == "v0001"
     assert collect_flow() is None  # nothing new since
     assert [v.name for v in open_store().versions()] == ["v0001"]
 
 
 def test_retrain_flow_records_one_decision_and_skips_a_trained_version(settings: Settings) -> None:
-    make_synthetic_store(settings.datasets_dir, {"train": 6, "val": 2, "test": 2})
+    from trainer import registry
+    from trainer.evaluate import evaluate_model
+
+    version = make_synthetic_store(settings.datasets_dir, {"train": 6, "val": 2, "test": 2}).version
     decision = retrain_flow(recipe=_recipe())
-    assert decision is not None and decision["decision"] in ("promoted", "rejected")
-    history = promote.history()
-    assert len(history) == 1 and history[0]["dataset_version"] == "v0001"
-    assert history[0]["candidate_metrics"]["count_mae"] >= 0
+    assert decision is not None
+    assert promote.history() == [decision]  # recorded once, as returned
+    assert (decision["dataset_version"], decision["split"], decision["champion"]) == ("v0001", "test", None)
+    assert registry.get(decision["candidate"]).dataset_version == "v0001"
+    # the numbers on record are measured: the baseline from the photos' book counts, the
+    # candidate's count MAE again when it is evaluated once more on the same split
+    books = {split: _books_per_photo(version.coco(split)) for split in ("train", "test")}
+    median = statistics.median(books["train"])
+    assert decision["baseline_count_mae"] == pytest.approx(statistics.mean(abs(n - median) for n in books["test"]))
+    again = evaluate_model(registry.model_dir(decision["candidate"]), version, "test", progress=False)["metrics"]
+    assert again["count_mae"] == pytest.approx(decision["candidate_metrics"]["count_mae"])
+    # with no champion the rule is "beat the baseline": the decision and the alias follow from the numbers
+    won = decision["candidate_metrics"]["count_mae"] < decision["baseline_count_mae"] - decision["rule"]["mae_margin"]
+    assert decision["decision"] == ("promoted" if won else "rejected")
+    champion = registry.champion()
+    assert (champion.version if champion else None) == (decision["candidate"] if won else None)
+
     assert retrain_flow(recipe=_recipe()) is None  # v0001 already has a candidate
-    assert len(promote.history()) == 1
+    assert promote.history() == [decision]
+
+
+def _books_per_photo(coco: dict) -> list[int]:
+    return [sum(a["image_id"] == im["id"] for a in coco["annotations"]) for im in coco["images"]]
 
 
 def test_a_second_retrain_while_one_runs_exits_without_training(settings: Settings) -> None:
@@ -82,15 +107,17 @@ def test_a_second_retrain_while_one_runs_exits_without_training(settings: Settin
     assert promote.history() == []
 
 
-@pytest.mark.parametrize("threshold", [2])
-def test_annotation_count_trigger_starts_the_loop(ls_settings: Settings, threshold: int) -> None:
+def test_annotation_count_trigger_starts_the_loop_at_the_threshold(ls_settings: Settings) -> None:
     make_synthetic_store(ls_settings.datasets_dir, {"train": 4, "val": 2, "test": 2})  # v0001, as if annotated before
     _drop_photos(ls_settings, [5, 6])
     prelabel_flow()
-    assert watch_annotations_flow(threshold=threshold, recipe=_recipe()) == 0  # nothing annotated yet
-    assert [v.name for v in open_store().versions()] == ["v0001"]
-    _annotate_all(ls_settings)
-    assert watch_annotations_flow(threshold=threshold, recipe=_recipe()) == 2
+    first, second = _task_ids(ls_settings)
+    assert watch_annotations_flow(threshold=2, recipe=_recipe()) == 0  # nothing annotated yet
+    _annotate(ls_settings, [first])
+    assert watch_annotations_flow(threshold=2, recipe=_recipe()) == 1  # one short: no loop
+    assert [v.name for v in open_store().versions()] == ["v0001"] and promote.history() == []
+    _annotate(ls_settings, [second])
+    assert watch_annotations_flow(threshold=2, recipe=_recipe()) == 2
     # The loop ran: collect made v0002 and retrain judged a candidate trained on it.
     assert [v.name for v in open_store().versions()] == ["v0001", "v0002"]
     assert [d["dataset_version"] for d in promote.history()] == ["v0002"]

@@ -10,18 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from annotator import labelstudio as ls_api
+from annotator.labelstudio.client import client
+from annotator.labelstudio.errors import LabelStudioError
+from annotator.labelstudio.mask_codec import brush_result, result_mask
+from annotator.labelstudio.project import ensure_project
+from annotator.labelstudio.server import server_env, server_status, start_server
 from bookcounter.settings import Settings
 
 pytestmark = pytest.mark.labelstudio
 
 
 def test_server_runs_and_status_is_seen_from_another_process(labelstudio: Settings) -> None:
-    st = ls_api.server_status(labelstudio)
+    st = server_status(labelstudio)
     assert st.running and st.healthy and st.pid is not None
     assert (labelstudio.run_dir / "labelstudio.pid").read_text().strip() == str(st.pid)
     # a second start is a no-op on the same process
-    assert ls_api.start_server(labelstudio).pid == st.pid
+    assert start_server(labelstudio).pid == st.pid
     env = {**os.environ, "BOOKCOUNTER_STATE_DIR": str(labelstudio.state_dir), "BOOKCOUNTER_LS_PORT": str(labelstudio.ls_port)}
     out = subprocess.run(
         [str(Path(sys.executable).parent / "bookcounter"), "labelstudio", "status"], env=env, capture_output=True, text=True
@@ -32,15 +36,15 @@ def test_server_runs_and_status_is_seen_from_another_process(labelstudio: Settin
 
 def test_start_refuses_a_port_taken_by_another_server(labelstudio: Settings, tmp_path) -> None:
     other = Settings(state_dir=tmp_path / "var", ls_port=labelstudio.ls_port)
-    with pytest.raises(ls_api.LabelStudioError, match="taken"):
-        ls_api.start_server(other)
+    with pytest.raises(LabelStudioError, match="taken"):
+        start_server(other)
     assert not (other.run_dir / "labelstudio.pid").exists()
 
 
 def test_project_is_created_once_with_the_mask_config(ls_settings: Settings) -> None:
-    pid = ls_api.ensure_project(ls_settings)
-    assert ls_api.ensure_project(ls_settings) == pid
-    ls = ls_api.client(ls_settings)
+    pid = ensure_project(ls_settings)
+    assert ensure_project(ls_settings) == pid
+    ls = client(ls_settings)
     same_title = [p for p in ls.projects.list(title=ls_settings.ls_project_title) if p.title == ls_settings.ls_project_title]
     assert len(same_title) == 1
     config = ls.projects.get(id=pid).label_config
@@ -52,26 +56,26 @@ def test_brush_masks_round_trip_pixel_for_pixel() -> None:
     mask = np.zeros((37, 53), bool)
     mask[5:30, 10:20] = True
     mask |= rng.random(mask.shape) > 0.9  # ragged edges, isolated pixels
-    back = ls_api.result_mask(ls_api.brush_result(mask, 0.7), 37, 53)
+    back = result_mask(brush_result(mask, 0.7), 37, 53)
     assert back is not None and np.array_equal(back, mask)
-    assert ls_api.result_mask({"type": "keypointlabels", "value": {"x": 1, "y": 2}}, 37, 53) is None
+    assert result_mask({"type": "keypointlabels", "value": {"x": 1, "y": 2}}, 37, 53) is None
 
 
 def test_polygon_percent_coordinates_become_pixels() -> None:
     result = {"type": "polygonlabels", "value": {"points": [[10, 20], [50, 20], [50, 70], [10, 70]]}}
-    mask = ls_api.result_mask(result, 100, 200)  # 200 wide: x 20..100 px, y 20..70 px
+    mask = result_mask(result, 100, 200)  # 200 wide: x 20..100 px, y 20..70 px
     ys, xs = np.nonzero(mask)
     assert abs(xs.min() - 20) <= 1 and abs(xs.max() - 100) <= 1
     assert abs(ys.min() - 20) <= 1 and abs(ys.max() - 70) <= 1
 
 
 def test_postgresql_is_a_setting(tmp_path) -> None:
-    env = ls_api.server_env(Settings(state_dir=tmp_path, ls_database_url="postgresql://ls:s%40cret@db.local:5433/labels"))
+    env = server_env(Settings(state_dir=tmp_path, ls_database_url="postgresql://ls:s%40cret@db.local:5433/labels"))
     assert (env["DJANGO_DB"], env["POSTGRE_HOST"], env["POSTGRE_PORT"]) == ("default", "db.local", "5433")
     assert (env["POSTGRE_USER"], env["POSTGRE_PASSWORD"], env["POSTGRE_NAME"]) == ("ls", "s@cret", "labels")
-    assert ls_api.server_env(Settings(state_dir=tmp_path))["DJANGO_DB"] == "sqlite"
-    with pytest.raises(ls_api.LabelStudioError, match="postgresql://"):
-        ls_api.server_env(Settings(state_dir=tmp_path, ls_database_url="mysql://x@y/z"))
+    assert server_env(Settings(state_dir=tmp_path))["DJANGO_DB"] == "sqlite"
+    with pytest.raises(LabelStudioError, match="postgresql://"):
+        server_env(Settings(state_dir=tmp_path, ls_database_url="mysql://x@y/z"))
 
 
 def test_cli_collect_with_nothing_new_and_prelabel_without_inbox(ls_settings: Settings) -> None:

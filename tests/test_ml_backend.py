@@ -7,7 +7,8 @@ import pytest
 from label_studio_sdk.converter import brush
 
 from annotator import training_trigger
-from annotator.labelstudio import LABEL_CONFIG, brush_rle
+from annotator.labelstudio.label_config import LABEL_CONFIG
+from annotator.labelstudio.mask_codec import brush_rle
 from annotator.ml_backend import PromptError, check_label_config, parse_prompt
 from bookcounter.errors import UserError
 

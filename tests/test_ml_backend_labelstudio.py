@@ -23,8 +23,11 @@ import uvicorn
 from label_studio_sdk.converter import brush
 from PIL import Image
 
-from annotator import labelstudio as ls_api
 from annotator import training_trigger
+from annotator.labelstudio.client import client
+from annotator.labelstudio.mask_codec import brush_result
+from annotator.labelstudio.ml_backend_link import connect_ml_backend
+from annotator.labelstudio.project import create_task, ensure_project, upload_photo
 from annotator.ml_backend import TITLE, create_app, load_backend
 from annotator.ml_backend_server import start_backend, stop_backend
 from bookcounter.images import sha256_bytes
@@ -71,9 +74,9 @@ def backend_in_thread(settings: Settings) -> Iterator[str]:
 
 def add_task(settings: Settings, project: int, path: Path) -> dict:
     data = path.read_bytes()
-    url = ls_api.upload_photo(settings, project, data, path.name)
+    url = upload_photo(settings, project, data, path.name)
     sha = sha256_bytes(data)
-    task_id = ls_api.create_task(settings, project, {"image": url, "sha256": sha, "file_name": path.name}, [])
+    task_id = create_task(settings, project, {"image": url, "sha256": sha, "file_name": path.name}, [])
     return {"id": task_id, "data": {"image": url, "sha256": sha}}
 
 
@@ -89,7 +92,7 @@ def rect(x: float, y: float, w: float, h: float) -> dict:
 
 def interactive(settings: Settings, backend_id: int, task_id: int, regions: list[dict]) -> dict:
     """What Label Studio answers the editor (the SDK method returns None, so read the raw body)."""
-    raw = ls_api.client(settings).ml.with_raw_response.predict_interactive(
+    raw = client(settings).ml.with_raw_response.predict_interactive(
         id=backend_id, task=task_id, context={"result": regions}
     )
     return raw._response.json()
@@ -106,8 +109,8 @@ def photo(sample_dir: Path, i: int) -> Path:
 def test_click_and_box_get_a_mask_through_label_studio_and_the_embedding_is_computed_once(
     sam_backend: Settings, ls_settings: Settings, sample_dir: Path
 ):
-    project = ls_api.ensure_project(ls_settings)
-    backend_id = ls_api.connect_ml_backend(ls_settings, project, sam_backend.ml_backend_url, TITLE)
+    project = ensure_project(ls_settings)
+    backend_id = connect_ml_backend(ls_settings, project, sam_backend.ml_backend_url, TITLE)
     path = photo(sample_dir, 0)
     width, height = Image.open(path).size
     task = add_task(ls_settings, project, path)
@@ -134,8 +137,8 @@ def test_a_photo_pre_encoded_at_import_needs_no_encoder_run_at_its_first_click(
     # what prelabel does when it imports a task: embed the photo under its sha256 into the shared disk cache
     path = photo(sample_dir, 5)
     make_segmenter(cache_dir=sam_backend.embeddings_dir, max_mb=256).pre_encode([(sha256_bytes(path.read_bytes()), path)])
-    project = ls_api.ensure_project(ls_settings)
-    backend_id = ls_api.connect_ml_backend(ls_settings, project, sam_backend.ml_backend_url, TITLE)
+    project = ensure_project(ls_settings)
+    backend_id = connect_ml_backend(ls_settings, project, sam_backend.ml_backend_url, TITLE)
     task = add_task(ls_settings, project, path)
     before = encoder_calls(sam_backend)
     answer = interactive(ls_settings, backend_id, task["id"], [kp(50, 50)])
@@ -144,18 +147,18 @@ def test_a_photo_pre_encoded_at_import_needs_no_encoder_run_at_its_first_click(
 
 
 def test_rerunning_setup_leaves_exactly_one_backend_and_removes_a_stale_one(sam_backend: Settings, ls_settings: Settings):
-    ls = ls_api.client(ls_settings)
-    project = ls_api.ensure_project(ls_settings)
+    ls = client(ls_settings)
+    project = ensure_project(ls_settings)
     url = sam_backend.ml_backend_url
-    first = ls_api.connect_ml_backend(ls_settings, project, url, TITLE)
-    assert ls_api.connect_ml_backend(ls_settings, project, url, TITLE) == first
+    first = connect_ml_backend(ls_settings, project, url, TITLE)
+    assert connect_ml_backend(ls_settings, project, url, TITLE) == first
     assert [(r.id, r.url, r.is_interactive) for r in ls.ml.list(project=project)] == [(first, url, True)]
 
     # an earlier setup at another address (same server, so Label Studio accepts it)
     stale_url = f"http://localhost:{sam_backend.ml_backend_port}"
     stale = ls.ml.create(project=project, url=stale_url, title=TITLE, is_interactive=True)
     assert len(ls.ml.list(project=project)) == 2
-    assert ls_api.connect_ml_backend(ls_settings, project, url, TITLE) == first
+    assert connect_ml_backend(ls_settings, project, url, TITLE) == first
     assert [r.id for r in ls.ml.list(project=project)] == [first] and stale.id != first
     hooks = [h.url for h in ls.webhooks.list(project=str(project))]
     assert hooks == [f"{url}/webhook"]
@@ -165,7 +168,7 @@ def test_rerunning_setup_leaves_exactly_one_backend_and_removes_a_stale_one(sam_
 def test_bad_input_gets_a_clear_answer_and_the_server_stays_up(
     sam_backend: Settings, ls_settings: Settings, sample_dir: Path, tmp_path: Path
 ):
-    project = ls_api.ensure_project(ls_settings)
+    project = ensure_project(ls_settings)
     good = add_task(ls_settings, project, photo(sample_dir, 1))
     truncated = tmp_path / "truncated.jpg"
     truncated.write_bytes(photo(sample_dir, 2).read_bytes()[:3000])
@@ -194,7 +197,7 @@ def test_bad_input_gets_a_clear_answer_and_the_server_stays_up(
 def test_concurrent_clicks_on_different_photos_each_encode_once(
     sam_backend: Settings, ls_settings: Settings, sample_dir: Path
 ):
-    project = ls_api.ensure_project(ls_settings)
+    project = ensure_project(ls_settings)
     tasks = [add_task(ls_settings, project, photo(sample_dir, i)) for i in (3, 4)]
     before = encoder_calls(sam_backend)
 
@@ -210,10 +213,10 @@ def test_concurrent_clicks_on_different_photos_each_encode_once(
 
 
 def test_without_sam_a_click_says_it_needs_a_checkpoint(labelstudio: Settings, ls_settings: Settings, sample_dir: Path):
-    project = ls_api.ensure_project(ls_settings)
+    project = ensure_project(ls_settings)
     task = add_task(ls_settings, project, photo(sample_dir, 0))
     with backend_in_thread(ls_settings) as url:
-        backend_id = ls_api.connect_ml_backend(ls_settings, project, url, TITLE)
+        backend_id = connect_ml_backend(ls_settings, project, url, TITLE)
         answer = interactive(ls_settings, backend_id, task["id"], [kp(40, 50)])
         assert answer["data"]["result"] == []
         assert "needs a SAM checkpoint" in answer["data"]["error"]
@@ -227,8 +230,8 @@ def test_start_training_and_every_n_annotations_start_the_loop(
     monkeypatch.setattr(training_trigger, "LOOP_COMMAND", ("flows", "run", "collect"))  # the loop's first step only
     monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "INFO")  # the run's log shows what the flow printed
     settings = ls_settings.model_copy(update={"retrain_every_n_annotations": 2})
-    ls = ls_api.client(settings)
-    project = ls_api.ensure_project(settings)
+    ls = client(settings)
+    project = ensure_project(settings)
     task = add_task(settings, project, photo(sample_dir, 0))
     runs = training_trigger.runs_dir(settings)
 
@@ -242,7 +245,7 @@ def test_start_training_and_every_n_annotations_start_the_loop(
         raise AssertionError(f"expected {n} finished loop runs in {runs}")
 
     with backend_in_thread(settings) as url:
-        backend_id = ls_api.connect_ml_backend(settings, project, url, TITLE)
+        backend_id = connect_ml_backend(settings, project, url, TITLE)
         t0 = time.monotonic()
         ls.ml.train(id=backend_id)  # the "Start training" button: START_TRAINING to /webhook
         assert time.monotonic() - t0 < 10
@@ -253,7 +256,7 @@ def test_start_training_and_every_n_annotations_start_the_loop(
         mask = np.zeros((640, 640), bool)
         mask[100:300, 200:260] = True
         for _ in range(2):  # two new annotations = retrain_every_n_annotations
-            ls.annotations.create(id=task["id"], result=[ls_api.brush_result(mask)])
+            ls.annotations.create(id=task["id"], result=[brush_result(mask)])
         second = wait_for_runs(2)[-1]
         assert training_trigger.run_status(settings, second) == "finished"
         assert "annotations" in (runs / f"{second}.json").read_text()  # the reason
@@ -272,13 +275,13 @@ def test_without_sam_a_box_is_answered_by_the_champion_mask_head(
         image, books = synthetic_photo(seed=3, n_books=3)
         path = tmp_path / "shelf.png"
         image.save(path)
-        project = ls_api.ensure_project(settings)
+        project = ensure_project(settings)
         task = add_task(settings, project, path)
         ys, xs = np.nonzero(books[0])
         w, h = image.size
         box = rect(100 * xs.min() / w, 100 * ys.min() / h, 100 * (xs.max() + 1 - xs.min()) / w, 100 * (ys.max() + 1 - ys.min()) / h)
         with backend_in_thread(settings) as url:
-            backend_id = ls_api.connect_ml_backend(settings, project, url, TITLE)
+            backend_id = connect_ml_backend(settings, project, url, TITLE)
             answer = interactive(settings, backend_id, task["id"], [box])
             (result,) = answer["data"]["result"]
             assert answer["data"]["model_version"] == f"maskrcnn-v{tiny_champion.version}"

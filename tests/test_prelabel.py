@@ -11,7 +11,11 @@ import pytest
 from fixtures_labelstudio import BoxesFromLayout, free_port, save_photo, shelf_photo
 from PIL import Image
 
-from annotator import labelstudio as ls_api
+from annotator.labelstudio.client import client
+from annotator.labelstudio.errors import LabelStudioUnavailable
+from annotator.labelstudio.mask_codec import result_mask
+from annotator.labelstudio.project import ensure_project, fetch_photo
+from annotator.labelstudio.server import server_status, start_server, stop_server
 from annotator.prelabel import Masker, prelabel
 from bookcounter.errors import UserError
 from bookcounter.images import read_image, sha256_file
@@ -28,8 +32,8 @@ def segmenter():
 
 
 def tasks_of(settings: Settings) -> list[dict]:
-    ls = ls_api.client(settings)
-    pid = ls_api.ensure_project(settings)
+    ls = client(settings)
+    pid = ensure_project(settings)
     return [t.dict() for t in ls.tasks.list(project=pid, fields="all", resolve_uri=False)]
 
 
@@ -50,7 +54,7 @@ def test_photos_become_tasks_with_sam_predictions_once(ls_settings: Settings, se
         assert pred["model_version"] == "sam-vit_t+maskrcnn-vlayout"
         assert len(pred["result"]) == report.predictions[t["data"]["file_name"]] > 0
         for r in pred["result"]:
-            mask = ls_api.result_mask(r, 120, 160)
+            mask = result_mask(r, 120, 160)
             assert (r["original_width"], r["original_height"]) == (160, 120) and mask.any()
     assert sorted(p.name for p in (inbox / "done").iterdir()) == sorted(shas)
 
@@ -72,7 +76,7 @@ def test_a_6000px_photo_is_segmented_at_full_size(ls_settings: Settings, segment
     assert results and all((r["original_width"], r["original_height"]) == (6000, 1500) for r in results)
     # one mask per box prompt, at the photo's own size (SAM saw it at 1024 px)
     assert len(results) == report.predictions["wide.jpg"] == 1
-    assert all(ls_api.result_mask(r, 1500, 6000).any() for r in results)
+    assert all(result_mask(r, 1500, 6000).any() for r in results)
 
 
 def test_bad_photos_are_rejected_or_normalised(ls_settings: Settings) -> None:
@@ -105,7 +109,7 @@ def test_bad_photos_are_rejected_or_normalised(ls_settings: Settings) -> None:
     for task in tasks_of(ls_settings):
         name = task["data"]["file_name"]
         assert task["predictions"] == []
-        served = Image.open(io.BytesIO(ls_api.fetch_photo(ls_settings, task["data"]["image"])))
+        served = Image.open(io.BytesIO(fetch_photo(ls_settings, task["data"]["image"])))
         assert served.getexif().get(0x0112, 1) == 1, "the served copy must need no EXIF rotation"
         assert served.mode in ("RGB", "L")
         want = np.asarray(expected_upright[name], float)
@@ -126,10 +130,10 @@ def test_label_studio_down_gives_a_clear_error_and_a_rerun_completes(
 ) -> None:
     for i in range(2):
         save_photo(shelf_photo(96, 64, seed=20 + i), ls_settings.inbox_dir / f"p{i}.jpg")
-    monkeypatch.setattr(ls_api, "RETRY_DELAYS_S", (0.1, 0.2))
+    monkeypatch.setattr("annotator.labelstudio.client.MAX_RETRIES", 1)
     monkeypatch.setenv("BOOKCOUNTER_LS_PORT", str(free_port()))  # nobody listens there
     get_settings.cache_clear()
-    with pytest.raises(ls_api.LabelStudioUnavailable, match="not reachable.*bookcounter labelstudio start"):
+    with pytest.raises(LabelStudioUnavailable, match="not reachable.*bookcounter labelstudio start"):
         prelabel(masker=Masker(None, None))
     assert len(list(ls_settings.inbox_dir.glob("*.jpg"))) == 2  # nothing lost, nothing filed
     monkeypatch.undo()
@@ -151,8 +155,8 @@ class RestartingMasker(Masker):
     def __call__(self, image, sha256):
         self.calls += 1
         if self.calls == 2:
-            ls_api.stop_server(self.server)
-            self.restart = threading.Thread(target=ls_api.start_server, args=(self.server,))
+            stop_server(self.server)
+            self.restart = threading.Thread(target=start_server, args=(self.server,))
             self.restart.start()
         return super().__call__(image, sha256)
 
@@ -166,7 +170,7 @@ def test_label_studio_restarting_mid_import(ls_settings: Settings, labelstudio: 
     assert len(report.imported) == 3
     tasks = tasks_of(ls_settings)
     assert len(tasks) == len({t["data"]["sha256"] for t in tasks}) == 3
-    assert ls_api.server_status(labelstudio).healthy
+    assert server_status(labelstudio).healthy
 
 
 def test_champion_boxes_prompt_sam_and_without_sam_its_own_masks_answer(segmenter, tiny_model_dir: Path) -> None:

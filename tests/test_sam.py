@@ -112,7 +112,7 @@ def test_pre_encode_fills_the_cache_and_skips_bad_files(make_segmenter, shelf_ph
     good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
     shelf_photo.save(good)
     bad.write_bytes(b"not a jpeg")
-    seg.pre_encode_in_background([("d" * 64, good), ("e" * 64, bad)]).result(timeout=300)
+    seg.pre_encode([("d" * 64, good), ("e" * 64, bad)])
     assert seg.encoder_calls == 1 and seg.is_cached("d" * 64) and not seg.is_cached("e" * 64)
     seg.pre_encode([("d" * 64, good)])
     assert seg.encoder_calls == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -94,11 +93,11 @@ def _record(n: int) -> dict:
 def test_disk_cache_evicts_least_recently_used_over_its_bound(tmp_path):
     one = len(_dumps(_record(25_000)))
     cache = EmbeddingCache(tmp_path, max_bytes=3 * one + one // 2)
-    for key in "abc":
+    for age, key in enumerate("abc"):
         cache.put("vit_t-random", key * 8, _record(25_000))
-        time.sleep(0.02)
+        used = (1_000 + age) * 10**9  # last used in this order, long ago (the cache orders by mtime)
+        os.utime(tmp_path / "vit_t-random" / f"{key * 8}.pt", ns=(used, used))
     assert cache.get("vit_t-random", "a" * 8) is not None  # a is now the most recently used
-    time.sleep(0.02)
     cache.put("vit_t-random", "d" * 8, _record(25_000))
     assert not cache.contains("vit_t-random", "b" * 8)  # the least recently used went
     assert all(cache.contains("vit_t-random", k * 8) for k in "acd")

@@ -16,11 +16,15 @@ from test_serving_api import GOOD
 pytestmark = pytest.mark.slow
 
 
+Result = tuple[float, int | str, str | None]  # (time answered, status or error, model_version)
+
+
 class Stream:
-    """Clients posting a photo in a loop; records (time answered, status, model_version)."""
+    """Clients posting a photo in a loop; records each answer as a :data:`Result`."""
 
     def __init__(self, url: str, clients: int = 2) -> None:
         self.url, self.results, self._stop = url, [], threading.Event()
+        self._answered = threading.Condition()
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
 
     def _run(self) -> None:
@@ -29,9 +33,17 @@ class Stream:
                 try:
                     r = http.post(f"{self.url}/count", content=GOOD, headers={"content-type": "image/png"})
                     version = r.json().get("model_version") if r.status_code == 200 else None
-                    self.results.append((time.monotonic(), r.status_code, version))
+                    result: Result = (time.monotonic(), r.status_code, version)
                 except httpx.HTTPError as e:
-                    self.results.append((time.monotonic(), type(e).__name__, None))
+                    result = (time.monotonic(), type(e).__name__, None)
+                with self._answered:
+                    self.results.append(result)
+                    self._answered.notify_all()
+
+    def wait_until(self, condition: Callable[[list[Result]], bool], timeout: float = 60) -> bool:
+        """Block until ``condition(results)`` holds, checked at each answer; False after ``timeout``."""
+        with self._answered:
+            return self._answered.wait_for(lambda: condition(self.results), timeout)
 
     def __enter__(self) -> Stream:
         for t in self._threads:
@@ -44,24 +56,16 @@ class Stream:
             t.join(timeout=60)
 
 
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.fixture
 def restore_champion(served_champion: Served):
-    """Put the alias back where it was, and wait until the server serves it again."""
+    """Put the alias back where it was, and make the server serve it again (one poll, now)."""
     from trainer import registry
 
     before = registry.champion().version
     yield
     registry.set_champion(before)
-    assert wait_for(lambda: served_champion.app.state.slot.current.version == before, 60)
+    served_champion.app.state.slot.sync()
+    assert served_champion.app.state.slot.current.version == before
 
 
 def test_champion_switch_during_requests_fails_none_and_shows_within_the_poll(
@@ -74,11 +78,11 @@ def test_champion_switch_during_requests_fails_none_and_shows_within_the_poll(
     reloads = served_champion.metric("bookcounter_model_reloads_total")
     new = registry.register(tiny_model_dir).version  # same weights, a new registry version
     with Stream(served_champion.url) as stream:
-        assert wait_for(lambda: len(stream.results) >= 2, 60)
+        assert stream.wait_until(lambda results: len(results) >= 2)
         switched = time.monotonic()
-        registry.set_champion(new)
-        assert wait_for(lambda: any(v == new for _, _, v in stream.results), 60), "new version never answered"
-        time.sleep(0.5)
+        registry.set_champion(new)  # the server's own poller must notice: no sync() here
+        assert stream.wait_until(lambda results: any(v == new for _, _, v in results)), "new version never answered"
+        assert stream.wait_until(lambda results: sum(v == new for _, _, v in results) >= 4)  # and goes on answering
     statuses = {s for _, s, _ in stream.results}
     assert statuses == {200}, stream.results
     assert {v for _, _, v in stream.results} == {old, new}
@@ -103,10 +107,12 @@ def test_a_broken_new_champion_keeps_the_old_one_serving(
     failures = served_champion.metric("bookcounter_model_reload_failures_total")
     with Stream(served_champion.url) as stream:
         registry.set_champion(bad)
-        assert wait_for(
-            lambda: served_champion.metric("bookcounter_model_reload_failures_total") == failures + 1, 30
-        ), "the failed load was not counted"
-        time.sleep(3 * slot.poll_seconds)  # later polls do not retry it at once (nor count it again)
+        slot.sync()  # one poll now (or after the poller's own, which holds the same lock): the load fails
+        assert served_champion.metric("bookcounter_model_reload_failures_total") == failures + 1
+        for _ in range(3):
+            slot.sync()  # later polls do not retry it at once (nor count it again)
+        answered = len(stream.results)
+        assert stream.wait_until(lambda results: len(results) >= answered + 2)  # the old model goes on answering
     assert served_champion.metric("bookcounter_model_reload_failures_total") == failures + 1
     assert {s for _, s, _ in stream.results} == {200}
     assert {v for _, _, v in stream.results} == {serving}

@@ -35,14 +35,19 @@ def _variant(src: Path, dst: Path, threshold: float | None = None, corrupt: bool
     return dst
 
 
-def test_tiny_champion_loads_as_predictor(tiny_champion) -> None:
+def test_tiny_champion_loads_as_predictor(tiny_champion, tiny_model_dir: Path) -> None:
     from trainer import registry
 
     assert registry.champion().version == tiny_champion.version
     predictor = registry.load_predictor()
     assert predictor.model_version == tiny_champion.version
     assert (registry.model_dir(tiny_champion.version) / "model.pt").is_file()
-    assert tiny_champion.metrics["val_count_mae"] >= 0
+    # the registry carries the validation metrics that training measured, on the version and its run
+    trained = json.loads((tiny_model_dir / "model.json").read_text())["metrics"]
+    assert set(trained) >= {"val_count_mae", "val_segm_AP"}
+    assert tiny_champion.metrics == trained
+    logged = registry._client().get_run(tiny_champion.run_id).data.metrics
+    assert {k: logged[k] for k in trained} == pytest.approx(trained)
 
 
 def test_promotion_rules_and_history(

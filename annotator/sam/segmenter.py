@@ -15,7 +15,6 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,7 +79,6 @@ class Segmenter:
         self._memory: OrderedDict[str, Embedding] = OrderedDict()
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
-        self._worker: ThreadPoolExecutor | None = None
 
     # ---- embeddings ---------------------------------------------------------------------
     def embed(self, image: Image.Image, key: str) -> Embedding:
@@ -119,13 +117,6 @@ class Segmenter:
                 log.warning("not pre-encoding %s", e)
                 continue
             self.embed(image, key)
-
-    def pre_encode_in_background(self, items: Iterable[tuple[str, Path]]) -> Future[None]:
-        """:meth:`pre_encode` on one background worker thread, so decoding can overlap encoding."""
-        with self._lock:
-            if self._worker is None:
-                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-pre-encode")
-        return self._worker.submit(self.pre_encode, list(items))
 
     def _cached(self, key: str) -> Embedding | None:
         with self._lock:

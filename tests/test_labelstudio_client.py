@@ -1,0 +1,41 @@
+"""Retries against an unreachable Label Studio: one layer (the SDK's), and what it costs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fixtures_labelstudio import free_port
+
+from annotator.labelstudio import client
+from annotator.labelstudio.errors import LabelStudioUnavailable
+from annotator.labelstudio.project import ensure_project, fetch_photo
+from bookcounter.settings import Settings
+
+
+@pytest.fixture
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every backoff the SDK's HTTP client would sleep, recorded instead of slept."""
+    import label_studio_sdk.core.http_client as sdk_http
+
+    recorded: list[float] = []
+    monkeypatch.setattr(sdk_http.time, "sleep", recorded.append)
+    return recorded
+
+
+@pytest.mark.parametrize("request_kind", ["sdk method", "raw request"])
+def test_a_dead_server_costs_the_sdk_retries_once_then_one_line(
+    tmp_path: Path, waits: list[float], request_kind: str
+) -> None:
+    dead = Settings(state_dir=tmp_path / "var", ls_port=free_port())  # nobody listens there
+    with pytest.raises(LabelStudioUnavailable, match="is not reachable .*ConnectError after 5 retries over 31 s.*labelstudio start"):
+        if request_kind == "sdk method":
+            ensure_project(dead)
+        else:
+            fetch_photo(dead, "/data/upload/1/photo.jpg")
+    # one request, retried MAX_RETRIES times with the SDK's doubling backoff (±10 % jitter) and no
+    # second layer of retries around it
+    assert len(waits) == client.MAX_RETRIES == 5
+    for n, wait in enumerate(waits):
+        assert 0.9 * 2**n <= wait <= 1.1 * 2**n
+    assert client.retry_window_s() == 31.0
