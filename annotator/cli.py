@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from annotator.coco_import import read_coco
-from annotator.dataset_store import SPLITS, DatasetStore
+from bookcounter.dataset_store import SPLITS, DatasetStore
 from bookcounter.settings import get_settings
 
 console = Console()
@@ -17,11 +17,6 @@ dataset_app = typer.Typer(
     help="Immutable, versioned COCO datasets under var/datasets (the contract between annotator and trainer).",
     no_args_is_help=True,
 )
-
-
-def open_store() -> DatasetStore:
-    s = get_settings()
-    return DatasetStore(s.datasets_dir, s.test_fraction, s.val_fraction)
 
 
 @dataset_app.command("import-coco")
@@ -51,7 +46,7 @@ def import_coco(
         console.print(f"[yellow]warning:[/] {w}")
     if len(warnings) > 10:
         console.print(f"[yellow]warning:[/] ... and {len(warnings) - 10} more")
-    result = open_store().commit(
+    result = DatasetStore.from_settings().commit(
         items,
         source={
             "name": source or images.resolve().name,
@@ -71,7 +66,7 @@ def import_coco(
 def list_versions() -> None:
     """List dataset versions with their counts per split."""
     table = Table("version", "parent", "created", "train", "val", "test", "source")
-    for v in open_store().versions():
+    for v in DatasetStore.from_settings().versions():
         m = v.manifest()
         c = m["counts"]
         table.add_row(
@@ -87,7 +82,7 @@ def list_versions() -> None:
 @dataset_app.command()
 def show(version: str = typer.Argument(..., help="Version name (v0001, 1 or 'latest').")) -> None:
     """Show a version's manifest: provenance, counts and report (file hashes left out)."""
-    m = open_store().get(version).manifest()
+    m = DatasetStore.from_settings().get(version).manifest()
     m["files"] = f"{len(m['files'])} files with sha256 (see manifest.json)"
     m["added"] = f"{len(m['added'])} images added"
     console.print_json(data=m)
@@ -96,7 +91,7 @@ def show(version: str = typer.Argument(..., help="Version name (v0001, 1 or 'lat
 @dataset_app.command()
 def verify(version: str = typer.Argument(..., help="Version name (v0001, 1 or 'latest').")) -> None:
     """Recompute every hash of a version and name each file that changed; exit 1 if any."""
-    store = open_store()
+    store = DatasetStore.from_settings()
     v = store.get(version)
     problems = store.verify(v.name)
     for p in problems:

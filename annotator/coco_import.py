@@ -14,8 +14,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from annotator.dataset_store import SPLITS, DatasetError, NewImage
 from bookcounter import masks
+from bookcounter.dataset_store import SPLITS, DatasetError, NewImage
 
 
 def read_coco(json_path: Path, images_dir: Path, split: str | None = None) -> tuple[list[NewImage], dict[str, Any]]:

@@ -18,12 +18,12 @@ from urllib.parse import urlparse
 
 from tqdm import tqdm
 
-from annotator.dataset_store import CommitResult, DatasetStore, NewImage
 from annotator.labelstudio.client import api_errors, client
 from annotator.labelstudio.label_config import IMAGE
 from annotator.labelstudio.mask_codec import result_mask
 from annotator.labelstudio.project import ensure_project, export_snapshot, fetch_photo
 from bookcounter import masks
+from bookcounter.dataset_store import CommitResult, DatasetStore, NewImage
 from bookcounter.images import BadImage, decode_image
 from bookcounter.settings import Settings, get_settings
 

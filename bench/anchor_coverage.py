@@ -14,7 +14,7 @@ from dataclasses import replace
 import torch
 from torchvision.ops import box_iou
 
-from annotator.cli import open_store
+from bookcounter.dataset_store import DatasetStore
 from trainer.model import ModelConfig, anchors_for
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     p.add_argument("--dataset", default="v0001")
     p.add_argument("--image-size", type=int, default=ModelConfig.image_size)
     args = p.parse_args()
-    coco = open_store().get(args.dataset).coco("train")
+    coco = DatasetStore.from_settings().get(args.dataset).coco("train")
     sizes = {im["id"]: max(im["width"], im["height"]) for im in coco["images"]}
     per_photo: dict[int, list[list[float]]] = {i: [] for i in sizes}
     for a in coco["annotations"]:

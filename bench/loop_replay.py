@@ -35,9 +35,9 @@ def main() -> None:
     os.environ["BOOKCOUNTER_STATE_DIR"] = str(state)
     os.environ["BOOKCOUNTER_LS_PORT"] = str(args.ls_port)
 
-    from annotator.cli import open_store
     from annotator.coco_import import read_coco
     from annotator.labelstudio.server import start_server, stop_server
+    from bookcounter.dataset_store import DatasetStore
     from bookcounter.settings import get_settings
     from flows.loop import loop_flow
     from flows.prelabel import prelabel_flow
@@ -50,7 +50,7 @@ def main() -> None:
     start_server(settings)
     try:
         held_out = read_coco(sample / "val.json", sample)[0] + read_coco(sample / "test.json", sample)[0]
-        open_store().commit(held_out, source={"name": "open-shelves", "licence": "CC BY 4.0"})
+        DatasetStore.from_settings().commit(held_out, source={"name": "open-shelves", "licence": "CC BY 4.0"})
         train, _ = read_coco(sample / "train.json", sample)
         train.sort(key=lambda item: item.file_name)
         references = reference_masks(sample / "train.json", sample)

@@ -28,9 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from annotator.cli import open_store
-from annotator.dataset_store import DatasetVersion
 from bookcounter import masks as rle
+from bookcounter.dataset_store import DatasetStore, DatasetVersion
 from bookcounter.images import read_image
 from bookcounter.settings import get_settings
 from trainer.data import crop, sparse_scene
@@ -112,7 +111,7 @@ def main() -> None:
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     s = get_settings()
-    store = open_store()
+    store = DatasetStore.from_settings()
     version = store.get(args.dataset)
     if args.model:
         show(report(args.model, version, args.model.parent / "bench"))

@@ -16,7 +16,7 @@ import json
 import warnings
 from pathlib import Path
 
-from annotator.cli import open_store
+from bookcounter.dataset_store import DatasetStore
 from trainer.evaluate import NMS_IOUS, SPARSE_SEED, candidates, choose_operating_point, count_mae_at, kept_scores, operating_point_set
 from trainer.model import DEFAULT_NMS_IOU
 from trainer.predictor import Predictor
@@ -29,7 +29,7 @@ def main() -> None:
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     predictor = Predictor(args.model_dir, device="cpu")
-    version = open_store().get(args.dataset or json.loads((args.model_dir / "model.json").read_text())["dataset_version"])
+    version = DatasetStore.from_settings().get(args.dataset or json.loads((args.model_dir / "model.json").read_text())["dataset_version"])
     val = version.coco("val")
     chosen_on = {"val": (val, candidates(predictor, version, "val")), "val + sparse": operating_point_set(predictor, version)}
     check, check_cands = operating_point_set(predictor, version, seed=SPARSE_SEED + 1000)

@@ -22,11 +22,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from annotator.cli import open_store
 from annotator.coco_import import read_coco
-from annotator.dataset_store import SPLITS
 from annotator.labelstudio.project import ensure_project, task_shas
 from annotator.labelstudio.server import start_server
+from bookcounter.dataset_store import SPLITS, DatasetStore
 from bookcounter.errors import UserError
 from bookcounter.settings import Settings
 from flows.loop import loop_flow, retrain_flow
@@ -66,7 +65,7 @@ def run_demo(settings: Settings, first_train_photos: int = 40, budget_minutes: f
     train_items.sort(key=lambda item: item.file_name)
     first, rest = train_items[:first_train_photos], train_items[first_train_photos:]
     items = first + read_coco(files["val"], sample)[0] + read_coco(files["test"], sample)[0]
-    result = open_store().commit(items, source={**SOURCE, "files": [str(f) for f in files.values()]})
+    result = DatasetStore.from_settings().commit(items, source={**SOURCE, "files": [str(f) for f in files.values()]})
     first_version = result.version.name
     console.print(f"{'created' if result.created else 'already there:'} {first_version} "
                   f"({len(first)} of {len(train_items)} train photos, all val and test)")
@@ -120,7 +119,7 @@ def _start_services(settings: Settings) -> dict[str, str]:
 def _summary(settings: Settings, before, first, urls: dict[str, str], seconds: float) -> None:
     from trainer import promote
 
-    store = open_store()
+    store = DatasetStore.from_settings()
     console.rule("[bold]summary")
     versions = Table("dataset version", "parent", "train", "val", "test")
     for v in store.versions():

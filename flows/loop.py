@@ -18,8 +18,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.events import emit_event
 
-from annotator.cli import open_store
 from annotator.labelstudio.server import is_healthy, start_server
+from bookcounter.dataset_store import DatasetStore
 from bookcounter.locks import file_lock
 from bookcounter.settings import get_settings
 
@@ -77,7 +77,7 @@ def train_task(dataset: str, max_minutes: float | None, recipe: dict[str, Any] |
     settings = get_settings()
     cfg = train_config(dataset, max_minutes, recipe)
     run_dir = settings.runs_dir / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return str(train_and_save(cfg, open_store(), run_dir, log=get_run_logger().info))
+    return str(train_and_save(cfg, DatasetStore.from_settings(), run_dir, log=get_run_logger().info))
 
 
 @task(retries=1, retry_delay_seconds=5)
@@ -107,7 +107,7 @@ def retrain_flow(
     """
     from trainer import registry
 
-    store = open_store()
+    store = DatasetStore.from_settings()
     if dataset is None and store.latest() is None:
         print("retrain: no dataset version yet; nothing to train on")
         return None

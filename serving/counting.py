@@ -18,9 +18,8 @@ from bookcounter import masks as rle
 from serving.overlay import render_overlay
 
 if TYPE_CHECKING:
-    from trainer.predictor import Instance
-
     from serving.model_slot import LoadedModel
+    from trainer.predictor import Instance
 
 OVERLAY_MAX_SIDE = 1280
 

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from annotator.dataset_store import DatasetStore, DatasetVersion, NewImage
 from bookcounter import masks as rle
+from bookcounter.dataset_store import DatasetStore, DatasetVersion, NewImage
 
 TINY_SIZE = 96
 

@@ -7,12 +7,12 @@ import pytest
 from fixtures_labelstudio import BoxesFromLayout, save_photo, shelf_photo
 
 from annotator.collect import collect
-from annotator.dataset_store import DatasetStore
 from annotator.labelstudio.client import client
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.project import ensure_project
 from annotator.prelabel import Masker, prelabel
 from bookcounter import masks
+from bookcounter.dataset_store import DatasetStore
 from bookcounter.images import read_image
 from bookcounter.settings import Settings
 

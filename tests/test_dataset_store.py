@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 
 from annotator.coco_import import read_coco
-from annotator.dataset_store import DatasetStore, NewImage, hash_split
 from bookcounter import masks
+from bookcounter.dataset_store import DatasetStore, NewImage, hash_split
 
 
 def _jpeg(w: int = 64, h: int = 48, seed: int = 0) -> bytes:

@@ -10,10 +10,10 @@ import pytest
 from fixtures_labelstudio import save_photo, shelf_photo
 from fixtures_trainer import make_synthetic_store, tiny_train_config
 
-from annotator.cli import open_store
 from annotator.labelstudio.client import client
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.project import ensure_project, task_shas
+from bookcounter.dataset_store import DatasetStore
 from bookcounter.locks import file_lock
 from bookcounter.settings import Settings
 from flows.loop import collect_flow, retrain_flow, watch_annotations_flow
@@ -65,7 +65,7 @@ def test_collect_flow_makes_one_version_per_change(ls_settings: Settings) -> Non
     assert _annotate(ls_settings, _task_ids(ls_settings)) == 2
     assert collect_flow() == "v0001"
     assert collect_flow() is None  # nothing new since
-    assert [v.name for v in open_store().versions()] == ["v0001"]
+    assert [v.name for v in DatasetStore.from_settings().versions()] == ["v0001"]
 
 
 def test_retrain_flow_records_one_decision_and_skips_a_trained_version(settings: Settings) -> None:
@@ -115,9 +115,9 @@ def test_annotation_count_trigger_starts_the_loop_at_the_threshold(ls_settings: 
     assert watch_annotations_flow(threshold=2, recipe=_recipe()) == 0  # nothing annotated yet
     _annotate(ls_settings, [first])
     assert watch_annotations_flow(threshold=2, recipe=_recipe()) == 1  # one short: no loop
-    assert [v.name for v in open_store().versions()] == ["v0001"] and promote.history() == []
+    assert [v.name for v in DatasetStore.from_settings().versions()] == ["v0001"] and promote.history() == []
     _annotate(ls_settings, [second])
     assert watch_annotations_flow(threshold=2, recipe=_recipe()) == 2
     # The loop ran: collect made v0002 and retrain judged a candidate trained on it.
-    assert [v.name for v in open_store().versions()] == ["v0001", "v0002"]
+    assert [v.name for v in DatasetStore.from_settings().versions()] == ["v0001", "v0002"]
     assert [d["dataset_version"] for d in promote.history()] == ["v0002"]

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_trainer import TINY_SIZE, tiny_train_config
 from PIL import Image
 
 from bookcounter import masks as rle
 from bookcounter.errors import UserError
 from bookcounter.images import read_image, sha256_file
-from fixtures_trainer import TINY_SIZE, tiny_train_config
 from trainer.data import BookDataset, crop, random_view, sparse_scene
 from trainer.inputs import input_size, to_tensor
 from trainer.model import ModelConfig, build_model, load_init

@@ -9,8 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from annotator.sam import CheckpointError, load_segmenter
-from annotator.sam import checkpoints
+from annotator.sam import CheckpointError, checkpoints, load_segmenter
 from annotator.sam.embedding_cache import EmbeddingCache
 from bookcounter.cli import app
 from bookcounter.errors import UserError

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_trainer import make_synthetic_store, synthetic_photo, tiny_train_config
 from PIL import Image
 from torchvision.ops import nms
 
-from annotator.dataset_store import DatasetError, DatasetStore, NewImage
 from bookcounter import masks as rle
-from fixtures_trainer import make_synthetic_store, synthetic_photo, tiny_train_config
+from bookcounter.dataset_store import DatasetError, DatasetStore, NewImage
 from trainer.evaluate import choose_operating_point, count_errors, metrics
 from trainer.model import CheckpointError, ModelConfig, build_model, load_init
 from trainer.predictor import Predictor

@@ -52,14 +52,14 @@ def train_command(
     """
     import torch
 
-    from annotator.cli import open_store
+    from bookcounter.dataset_store import DatasetStore
     from trainer.train import default_device, default_train_config, train_and_save
 
     s = get_settings()
     dev = device or default_device()
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device here (use --device cpu)")
-    store = open_store()
+    store = DatasetStore.from_settings()
     version = store.get(dataset)
     given = dict(epochs=epochs, lr=lr, batch_size=batch_size, init=init, seed=seed, max_minutes=max_minutes)
     model_given = dict(backbone=backbone, image_size=image_size, max_size=max_size, norm=norm, width=width)
@@ -87,7 +87,7 @@ def evaluate_command(
     device: str = typer.Option(None, help="cpu or cuda."),
 ) -> None:
     """COCO mask/box AP and count MAE/RMSE/relative error on a split; writes report.json and PNGs."""
-    from annotator.cli import open_store
+    from bookcounter.dataset_store import DatasetStore
     from trainer import registry
     from trainer.evaluate import evaluate_model
 
@@ -98,7 +98,7 @@ def evaluate_command(
         info = registry.get(model)
         model_dir, label = registry.model_dir(info.version), f"v{info.version}"
     own = json.loads((model_dir / "model.json").read_text())["dataset_version"]
-    version = open_store().get(dataset or own)
+    version = DatasetStore.from_settings().get(dataset or own)
     out = out or s.runs_dir / f"eval-{label}-{version.name}-{split}"
     report = evaluate_model(model_dir, version, split, out_dir=out, device=device)
     table = Table("metric", "value")

@@ -25,8 +25,8 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from annotator.dataset_store import DatasetError, DatasetVersion
 from bookcounter import masks as rle
+from bookcounter.dataset_store import DatasetError, DatasetVersion
 from bookcounter.images import read_image
 from trainer.inputs import model_input
 from trainer.model import ModelConfig

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from annotator.dataset_store import DatasetVersion
 from bookcounter import masks as rle
+from bookcounter.dataset_store import DatasetVersion
 from bookcounter.images import read_image
 from trainer.model import DEFAULT_NMS_IOU
 

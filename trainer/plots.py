@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from annotator.dataset_store import DatasetVersion
 from bookcounter import masks as rle
+from bookcounter.dataset_store import DatasetVersion
 from bookcounter.images import read_image
 
 

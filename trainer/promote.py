@@ -23,7 +23,7 @@ from trainer import registry
 
 def promote(candidate: str, split: str = "test", device: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Decide on ``candidate`` (a registered version); returns the decision record."""
-    from annotator.cli import open_store
+    from bookcounter.dataset_store import DatasetStore
     from trainer.evaluate import baseline_count_mae, evaluate_model
 
     s = get_settings()
@@ -46,7 +46,7 @@ def promote(candidate: str, split: str = "test", device: str | None = None, prog
         "reason": "",
     }
     try:
-        version = open_store().get(cand.dataset_version)
+        version = DatasetStore.from_settings().get(cand.dataset_version)
         if not version.coco(split)["images"]:
             raise UserError(f"{version.name} has no {split} photos")
         entry["baseline_count_mae"] = baseline_count_mae(version, split)

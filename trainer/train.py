@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from annotator.dataset_store import DatasetError, DatasetStore, DatasetVersion
+from bookcounter.dataset_store import DatasetError, DatasetStore, DatasetVersion
 from bookcounter.errors import UserError
 from trainer.data import BookDataset, collate
 from trainer.model import ModelConfig, build_model, freeze_stages, load_init

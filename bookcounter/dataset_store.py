@@ -30,8 +30,8 @@ from typing import Any
 
 from bookcounter import masks
 from bookcounter.errors import UserError
-from bookcounter.locks import file_lock
 from bookcounter.images import BadImage, decode_image, sha256_bytes, sha256_file
+from bookcounter.locks import file_lock
 
 SPLITS = ("train", "val", "test")
 CATEGORIES = [{"id": 1, "name": "book", "supercategory": "object"}]
@@ -107,6 +107,14 @@ class DatasetStore:
         self.root = Path(root)
         self.test_fraction = test_fraction
         self.val_fraction = val_fraction
+
+    @classmethod
+    def from_settings(cls) -> DatasetStore:
+        """The store under the configured state dir (``BOOKCOUNTER_*`` settings)."""
+        from bookcounter.settings import get_settings
+
+        s = get_settings()
+        return cls(s.datasets_dir, s.test_fraction, s.val_fraction)
 
     # --- reading ------------------------------------------------------------------------
     def versions(self) -> list[DatasetVersion]:
