@@ -41,7 +41,7 @@ SOURCE = {
 }
 
 
-def run_demo(settings: Settings, first_train_photos: int = 40, budget_minutes: float = 10.0) -> None:
+def run_demo(settings: Settings, first_train_photos: int = 40, budget_minutes: float = 15.0) -> None:
     from trainer import registry
 
     started = time.monotonic()
