@@ -128,12 +128,12 @@ def prelabel(
     Without ``masker``, :func:`default_masker` with the ``champion`` its caller provides
     (loaded only when there are photos); one of the two is needed.
     """
-    if masker is None and champion is None:
-        raise TypeError("prelabel needs a masker or a champion provider")
     settings = settings or get_settings()
     inbox = Path(inbox) if inbox is not None else settings.inbox_dir
     if not inbox.is_dir():
         raise UserError(f"inbox {inbox} does not exist (put photos there or pass --inbox DIR)")
+    if masker is None and champion is None:
+        raise TypeError("prelabel needs a masker or a champion provider")
     report = PrelabelReport()
     with file_lock(settings.run_dir / "prelabel.lock"):
         photos = sorted(p for p in inbox.iterdir() if p.is_file() and not p.name.startswith("."))
