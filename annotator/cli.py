@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -10,6 +11,7 @@ from rich.table import Table
 
 from annotator.coco_import import read_coco
 from bookcounter.dataset_store import SPLITS, DatasetStore
+from bookcounter.detector import DetectorProvider
 from bookcounter.settings import get_settings
 
 console = Console()
@@ -154,27 +156,32 @@ def labelstudio_status() -> None:
         raise typer.Exit(1)
 
 
-def prelabel_command(
-    inbox: Path | None = typer.Option(None, "--inbox", help="Folder of new photos (default: var/inbox)."),
-    sam_checkpoint: Path | None = typer.Option(
-        None, "--sam-checkpoint", help="SAM checkpoint (default: BOOKCOUNTER_SAM_CHECKPOINT, else var/models)."
-    ),
-) -> None:
-    """Turn new inbox photos into Label Studio tasks with predicted masks.
+def prelabel_command(champion: DetectorProvider) -> Callable[..., None]:
+    """The ``prelabel`` command, with the champion from ``champion`` (given where the CLI is composed)."""
 
-    Masks come from the champion's boxes as SAM prompts, else SAM's point grid, else the
-    champion's mask head, else none. A photo already imported (same sha256) gets no second
-    task; processed photos move to inbox/done/, unusable ones to inbox/rejected/ with a reason.
-    """
-    from annotator.prelabel import prelabel
+    def prelabel_photos(
+        inbox: Path | None = typer.Option(None, "--inbox", help="Folder of new photos (default: var/inbox)."),
+        sam_checkpoint: Path | None = typer.Option(
+            None, "--sam-checkpoint", help="SAM checkpoint (default: BOOKCOUNTER_SAM_CHECKPOINT, else var/models)."
+        ),
+    ) -> None:
+        """Turn new inbox photos into Label Studio tasks with predicted masks.
 
-    report = prelabel(inbox, sam_checkpoint=sam_checkpoint)
-    for reason in report.rejected.values():
-        console.print(f"[yellow]rejected:[/] {reason}")
-    if not (report.imported or report.already_there or report.rejected):
-        console.print(f"inbox {inbox or get_settings().inbox_dir} is empty: nothing to do")
-        return
-    console.print(report.line())
+        Masks come from the champion's boxes as SAM prompts, else SAM's point grid, else the
+        champion's mask head, else none. A photo already imported (same sha256) gets no second
+        task; processed photos move to inbox/done/, unusable ones to inbox/rejected/ with a reason.
+        """
+        from annotator.prelabel import prelabel
+
+        report = prelabel(inbox, sam_checkpoint=sam_checkpoint, champion=champion)
+        for reason in report.rejected.values():
+            console.print(f"[yellow]rejected:[/] {reason}")
+        if not (report.imported or report.already_there or report.rejected):
+            console.print(f"inbox {inbox or get_settings().inbox_dir} is empty: nothing to do")
+            return
+        console.print(report.line())
+
+    return prelabel_photos
 
 
 def collect_command() -> None:

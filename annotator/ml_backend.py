@@ -29,6 +29,8 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -42,20 +44,19 @@ from annotator import training_trigger
 from annotator.labelstudio.label_config import BRUSH, IMAGE
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.project import fetch_photo
+from bookcounter.detector import DetectorProvider
 from bookcounter.errors import UserError
 from bookcounter.images import decode_image, sha256_bytes
-from bookcounter.settings import Settings, get_settings
+from bookcounter.settings import Settings
 
 if TYPE_CHECKING:
     from annotator.sam import Segmenter
-    from trainer.predictor import Predictor
 
 log = logging.getLogger("bookcounter.ml_backend")
 
 TITLE = "bookcounter-sam"  # the backend's title in Label Studio
 PHOTO_LRU_SIZE = 8  # decoded photos kept for later clicks (the embeddings live in the Segmenter)
 PHOTO_LRU_PIXELS = 100_000_000  # ... and at most this many pixels (300 MB of RGB) unless one photo is larger
-CHAMPION_POLL_S = 5.0  # how often the no-SAM backend asks the registry for a new champion
 
 
 class PromptError(UserError):
@@ -141,15 +142,13 @@ def check_label_config(schema: str) -> None:
 class Backend:
     """The models and the photo LRU behind the endpoints; thread-safe for concurrent requests."""
 
-    def __init__(self, settings: Settings, segmenter: Segmenter | None):
+    def __init__(self, settings: Settings, segmenter: Segmenter | None, champion: DetectorProvider):
         self.settings = settings
         self.segmenter = segmenter
+        self.champion = champion  # answers boxes when there is no SAM
         self._photos: OrderedDict[str, Photo] = OrderedDict()
         self._lock = threading.Lock()
         self._url_locks: dict[str, threading.Lock] = {}
-        self._champion: Predictor | None = None
-        self._champion_checked = -float("inf")
-        self._champion_lock = threading.Lock()
 
     # --- models -------------------------------------------------------------------------------
 
@@ -157,27 +156,8 @@ class Backend:
     def model_version(self) -> str:
         if self.segmenter is not None:
             return f"sam-{self.segmenter.namespace}"  # type and weights, e.g. sam-vit_t-6dbb90523a35
-        predictor = self.champion()
-        return f"maskrcnn-v{predictor.model_version}" if predictor is not None else "none"
-
-    def champion(self) -> Predictor | None:
-        """The current champion, None without one; the registry is asked at most every few seconds.
-
-        Label Studio calls ``/setup`` (which names the model version) with a 3 s timeout, so
-        this must be quick after the first call (:func:`load_backend` makes that one).
-        """
-        from trainer import registry
-
-        with self._champion_lock:
-            if time.monotonic() - self._champion_checked < CHAMPION_POLL_S:
-                return self._champion
-            info = registry.champion()
-            if info is None:
-                self._champion = None
-            elif self._champion is None or self._champion.model_version != info.version:
-                self._champion = registry.load_predictor(info.version)
-            self._champion_checked = time.monotonic()
-            return self._champion
+        detector = self.champion()
+        return f"maskrcnn-v{detector.model_version}" if detector is not None else "none"
 
     # --- photos -------------------------------------------------------------------------------
 
@@ -247,11 +227,11 @@ class Backend:
                     "a click needs a SAM checkpoint (run `bookcounter setup-models` or set "
                     "BOOKCOUNTER_SAM_CHECKPOINT); without one only boxes are answered, by the champion Mask R-CNN"
                 )
-            predictor = self.champion()
-            if predictor is None:
+            detector = self.champion()
+            if detector is None:
                 raise NeedsSam("no SAM checkpoint and no champion Mask R-CNN yet: a box needs one of them")
-            mask = predictor.masks_for_boxes(photo.image, prompt.box[None])[0]
-            score, embedding, version = 1.0, "none", f"maskrcnn-v{predictor.model_version}"
+            mask = detector.masks_for_boxes(photo.image, prompt.box[None])[0]
+            score, embedding, version = 1.0, "none", f"maskrcnn-v{detector.model_version}"
         mask = np.asarray(mask, dtype=bool)
         if not mask.any():
             raise PromptError("no object found for this prompt; click inside the object or draw a box around it")
@@ -263,29 +243,31 @@ class Backend:
         return {"result": [brush_result(mask, score)], "score": float(score), "model_version": version}
 
 
-def load_backend(settings: Settings) -> Backend:
-    """The backend with SAM when a checkpoint is found (or random weights when allowed for tests)."""
+def load_backend(settings: Settings, champion: DetectorProvider) -> Backend:
+    """The backend with SAM when a checkpoint is found (or random weights when allowed for tests).
+
+    ``champion`` gives the current champion; it must answer quickly, since Label Studio calls
+    ``/setup`` (which names the model version) with a 3 s timeout.
+    """
     from annotator.sam import load_segmenter
 
     segmenter = load_segmenter(settings.sam_model_type, checkpoint=settings.sam_checkpoint)
     if segmenter is None and settings.sam_random_init:
         log.warning("BOOKCOUNTER_SAM_RANDOM_INIT: using random SAM weights (tests and benchmarks only)")
         segmenter = load_segmenter(settings.sam_model_type, random_init=True)
-    backend = Backend(settings, segmenter)
     if segmenter is None:
         log.warning("no SAM checkpoint: boxes are answered by the champion Mask R-CNN, points get an error")
-        backend.champion()  # import MLflow and load the model now, not in Label Studio's first /setup
-    return backend
+    return Backend(settings, segmenter, champion)
 
 
-def create_app(backend: Backend | None = None) -> FastAPI:
-    """The FastAPI app (``uvicorn --factory annotator.ml_backend:create_app``)."""
-    if backend is None:  # the server process: our log lines go to its log next to uvicorn's
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
-        backend = load_backend(get_settings())
+def create_app(
+    backend: Backend, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None
+) -> FastAPI:
+    """The FastAPI app on ``backend``; ``lifespan`` runs around serving (the server process's
+    factory, :func:`serving.ml_backend_app.create_app`, keeps the champion current in it)."""
     settings = backend.settings
     counter = training_trigger.AnnotationCounter(settings)
-    app = FastAPI(title="bookcounter ML backend", docs_url=None, redoc_url=None)
+    app = FastAPI(title="bookcounter ML backend", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.backend = backend
 
     @app.exception_handler(Exception)

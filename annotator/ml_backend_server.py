@@ -1,6 +1,6 @@
 """``bookcounter ml-backend start|stop|status|connect``: run the interactive SAM backend.
 
-The backend (:mod:`annotator.ml_backend`) runs under uvicorn in a background process bound to
+The backend (:mod:`annotator.ml_backend`, given the champion by :mod:`serving.ml_backend_app`) runs under uvicorn in a background process bound to
 ``settings.ml_backend_host`` (127.0.0.1), with a pid file and a log under ``settings.run_dir``
 (:class:`bookcounter.processes.Server`, like Label Studio's). ``start`` then connects it to
 the Label Studio project when that server is up; ``connect`` does only that.
@@ -36,7 +36,7 @@ def start_backend(settings: Settings, timeout: float = START_TIMEOUT_S) -> bool:
     The process gets ``settings`` as ``BOOKCOUNTER_*`` variables, so it runs with exactly these.
     """
     cmd = [
-        sys.executable, "-m", "uvicorn", "annotator.ml_backend:create_app", "--factory",
+        sys.executable, "-m", "uvicorn", "serving.ml_backend_app:create_app", "--factory",
         "--host", settings.ml_backend_host, "--port", str(settings.ml_backend_port), "--no-access-log",
     ]
     env = {

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from annotator.labelstudio.label_config import IMAGE
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.project import create_task, ensure_project, task_shas, upload_photo
+from bookcounter.detector import Detector, DetectorProvider
 from bookcounter.errors import UserError
 from bookcounter.images import BadImage, decode_image, sha256_bytes
 from bookcounter.locks import file_lock
@@ -35,7 +36,6 @@ from bookcounter.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from annotator.sam import Segmenter
-    from trainer.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +61,20 @@ class PrelabelReport:
 class Masker:
     """Makes the predicted masks of one photo from whatever models are available."""
 
-    def __init__(self, segmenter: Segmenter | None, predictor: Predictor | None):
+    def __init__(self, segmenter: Segmenter | None, detector: Detector | None):
         self.segmenter = segmenter
-        self.predictor = predictor
+        self.detector = detector
         parts = []
         if segmenter is not None:
             parts.append(f"sam-{segmenter.model_type}")
-        if predictor is not None:
-            parts.append(f"maskrcnn-v{predictor.model_version}")
+        if detector is not None:
+            parts.append(f"maskrcnn-v{detector.model_version}")
         self.model_version = "+".join(parts) or "none"
 
     def __call__(self, image: Image.Image, sha256: str) -> list[tuple[np.ndarray, float]]:
         """(HxW bool mask, score) pairs at the image's size; empty masks dropped."""
-        if self.predictor is not None:
-            instances = self.predictor.predict(image)
+        if self.detector is not None:
+            instances = self.detector.predict(image)
             if self.segmenter is None:  # (c) the champion's own mask head
                 found = [(i.mask, i.score) for i in instances]
             elif instances:  # (a) champion boxes -> SAM, one batched call
@@ -90,13 +90,12 @@ class Masker:
         return [(np.asarray(m, dtype=bool), float(s)) for m, s in found if np.any(m)]
 
 
-def default_masker(settings: Settings, sam_checkpoint: Path | None = None) -> Masker:
+def default_masker(settings: Settings, champion: DetectorProvider, sam_checkpoint: Path | None = None) -> Masker:
     """The champion (if any) and SAM (if a checkpoint is found), as configured."""
     from annotator.sam import load_segmenter
-    from trainer.registry import load_predictor
 
     segmenter = load_segmenter(settings.sam_model_type, checkpoint=sam_checkpoint or settings.sam_checkpoint)
-    return Masker(segmenter, load_predictor("champion"))
+    return Masker(segmenter, champion())
 
 
 def served_copy(data: bytes, image: Image.Image, file_name: str) -> tuple[bytes, str]:
@@ -122,15 +121,19 @@ def prelabel(
     masker: Masker | None = None,
     settings: Settings | None = None,
     sam_checkpoint: Path | None = None,
+    champion: DetectorProvider | None = None,
 ) -> PrelabelReport:
     """Turn every new photo of ``inbox`` (default ``settings.inbox_dir``) into a task; idempotent.
 
-    ``masker`` defaults to :func:`default_masker` (loaded only when there are photos).
+    Without ``masker``, :func:`default_masker` with the ``champion`` its caller provides
+    (loaded only when there are photos); one of the two is needed.
     """
     settings = settings or get_settings()
     inbox = Path(inbox) if inbox is not None else settings.inbox_dir
     if not inbox.is_dir():
         raise UserError(f"inbox {inbox} does not exist (put photos there or pass --inbox DIR)")
+    if masker is None and champion is None:
+        raise TypeError("prelabel needs a masker or a champion provider")
     report = PrelabelReport()
     with file_lock(settings.run_dir / "prelabel.lock"):
         photos = sorted(p for p in inbox.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -139,7 +142,7 @@ def prelabel(
             return report
         project_id = ensure_project(settings)
         existing = task_shas(settings, project_id)
-        masker = masker or default_masker(settings, sam_checkpoint)
+        masker = masker or default_masker(settings, champion, sam_checkpoint)
         report.model_version = masker.model_version
         for path in tqdm(photos, desc="pre-labelling", unit="photo"):
             data = path.read_bytes()

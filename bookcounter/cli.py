@@ -20,6 +20,7 @@ from bookcounter.errors import UserError
 from flows.cli import demo, flows_app, status_command, stop_command, ui_prefect
 from serving.cli import serve
 from trainer.cli import evaluate_command, mlflow_ui, promote_command, registry_app, train_command
+from trainer.registry import load_predictor
 
 app = typer.Typer(
     help="Count books in photos: pre-label with SAM, correct in Label Studio, retrain Mask R-CNN, "
@@ -31,7 +32,7 @@ app = typer.Typer(
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(labelstudio_app, name="labelstudio")
 app.add_typer(ml_backend_app, name="ml-backend")
-app.command("prelabel")(prelabel_command)
+app.command("prelabel")(prelabel_command(champion=load_predictor))
 app.command("collect")(collect_command)
 app.command()(demo)
 app.command("status")(status_command)

@@ -10,12 +10,13 @@ from prefect.artifacts import create_table_artifact
 from annotator.prelabel import PrelabelReport, prelabel
 from bookcounter.settings import get_settings
 from flows.loop import ensure_labelstudio
+from trainer.registry import load_predictor
 
 
 @task(timeout_seconds=3600)
 def prelabel_task(inbox: str | None) -> PrelabelReport:
     # Label Studio requests retry in the SDK client (annotator/labelstudio/client.py), not here.
-    return prelabel(Path(inbox) if inbox else None, settings=get_settings())
+    return prelabel(Path(inbox) if inbox else None, settings=get_settings(), champion=load_predictor)
 
 
 @flow(name="prelabel", log_prints=True)

@@ -117,6 +117,11 @@ class ModelSlot:
         self._metrics.set_model_version(info.version)
         log.info("now serving champion version %s (loaded and warmed up in %.1f s)", info.version, seconds)
 
+    def detector(self) -> Predictor | None:
+        """The loaded champion's model, or None (a :class:`bookcounter.detector.DetectorProvider`)."""
+        current = self.current
+        return current.predictor if current else None
+
     def _version(self) -> str | None:
         current = self.current
         return current.version if current else None

@@ -73,3 +73,55 @@ def test_fast_brush_rle_is_the_sdk_encoding_bit_for_bit(shape, density):
     # the ML backend answers every click with it; 700x400 of ones has runs over 2**16 values
     mask = np.random.default_rng(0).random(shape) < density
     assert brush_rle(mask) == brush.mask2rle(mask.astype(np.uint8) * 255)
+
+
+class FakeDetector:
+    def __init__(self, version: str) -> None:
+        self.model_version = version
+
+    def predict(self, image) -> list:  # the slot's warm-up
+        return []
+
+
+class FakeRegistry:
+    """A registry whose champion the test sets; counts the loads."""
+
+    def __init__(self) -> None:
+        self.version: str | None = None
+        self.loads: list[str] = []
+
+    def champion(self):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(version=self.version) if self.version else None
+
+    def load_predictor(self, version: str = "champion", device: str | None = None) -> FakeDetector:
+        self.loads.append(version)
+        return FakeDetector(version)
+
+
+def test_without_sam_the_backend_names_the_slots_champion_and_follows_a_new_one(settings) -> None:
+    from fastapi.testclient import TestClient
+
+    from serving.ml_backend_app import create_app
+
+    registry = FakeRegistry()
+    registry.version = "3"
+    app = create_app(settings, registry=registry)  # no SAM checkpoint in a test state dir
+    with TestClient(app) as client:  # startup loads the champion before the first request
+        assert client.get("/versions").json() == {"versions": ["maskrcnn-v3"]}
+        registry.version = "4"
+        app.state.slot.sync()  # what the slot's poller does every CHAMPION_POLL_S
+        assert client.post("/setup", json={"schema": LABEL_CONFIG}).json() == {"model_version": "maskrcnn-v4"}
+        registry.version = None  # the alias removed: the slot keeps serving the last champion
+        app.state.slot.sync()
+        assert client.get("/versions").json() == {"versions": ["maskrcnn-v4"]}
+    assert registry.loads == ["3", "4"]
+
+
+def test_the_annotator_imports_nothing_from_the_trainer() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, annotator.cli, annotator.ml_backend, annotator.ml_backend_server, annotator.prelabel; print('trainer' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

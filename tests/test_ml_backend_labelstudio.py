@@ -28,10 +28,11 @@ from annotator.labelstudio.client import client
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.ml_backend_link import connect_ml_backend
 from annotator.labelstudio.project import create_task, ensure_project, upload_photo
-from annotator.ml_backend import TITLE, create_app, load_backend
+from annotator.ml_backend import TITLE
 from annotator.ml_backend_server import start_backend, stop_backend
 from bookcounter.images import sha256_bytes
 from bookcounter.settings import Settings, get_settings
+from serving.ml_backend_app import create_app
 
 pytestmark = pytest.mark.labelstudio
 
@@ -59,7 +60,7 @@ def sam_backend(labelstudio: Settings, tmp_path_factory: pytest.TempPathFactory)
 def backend_in_thread(settings: Settings) -> Iterator[str]:
     """A no-SAM backend served by uvicorn in a thread of this process; yields its URL."""
     port = free_port()
-    app = create_app(load_backend(settings))  # no checkpoint in a test state dir: no SAM
+    app = create_app(settings)  # no checkpoint in a test state dir: no SAM
     server = uvicorn.Server(uvicorn.Config(app, "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
