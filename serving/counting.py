@@ -2,8 +2,8 @@
 
 The photo goes to the predictor as it is: :class:`trainer.predictor.Predictor` makes the
 network input (the same function as training and evaluation). Boxes come back in original
-pixels; masks at the network's input size, so a 50-megapixel upload costs memory for small
-masks; they are scaled up only when encoded.
+pixels; masks at the network's input size (or the photo's, if smaller), so a 50-megapixel
+upload costs memory for small masks; they are scaled up only when encoded.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Prediction:
     """Instances found on ``original``."""
 
     original: Image.Image  # the uploaded photo, EXIF applied
-    mask_size: tuple[int, int]  # (w, h) of the instances' masks: the network's input size
+    mask_size: tuple[int, int]  # (w, h) of the instances' masks: the network's input size, or the photo's if smaller
     instances: list[Instance]  # best score first; boxes in original pixels, masks at ``mask_size``
     model_version: str
     threshold: float
@@ -129,7 +129,8 @@ def downscale(image: Image.Image, max_side: int) -> Image.Image:
 
 def count_books(image: Image.Image, model: LoadedModel) -> Prediction:
     """Predict with ``model`` on ``image`` (upright RGB)."""
-    mask_size = model.predictor.input_size(image.size)
+    net = model.predictor.input_size(image.size)
+    mask_size = net if net[0] < image.width else image.size  # never larger than the photo
     instances = sorted(model.predictor.predict(image, mask_size=mask_size), key=lambda inst: -inst.score)
     return Prediction(
         original=image,
