@@ -28,25 +28,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bookcounter import masks as rle
 from bookcounter.dataset_store import DatasetStore, DatasetVersion
-from bookcounter.images import read_image
 from bookcounter.settings import get_settings
-from trainer.data import crop, sparse_scene
+from trainer.data import crop, photos_with_masks, sparse_scene
 from trainer.evaluate import count_errors, evaluate_model
 from trainer.predictor import Predictor
 from trainer.train import default_train_config, train_and_save
 
 DENSITY = (("<=10", 0, 10), ("11-30", 11, 30), (">30", 31, 10**9))
-
-
-def photos_with_masks(version: DatasetVersion, split: str):
-    coco = version.coco(split)
-    for im in coco["images"]:
-        anns = [a for a in coco["annotations"] if a["image_id"] == im["id"]]
-        photo = read_image(version.image_path(im))
-        masks = np.stack([rle.decode(a["segmentation"]) for a in anns]) if anns else np.zeros((0, photo.height, photo.width), bool)
-        yield photo, masks
 
 
 def shape_checks(predictor: Predictor, version: DatasetVersion) -> dict[str, dict[str, float]]:

@@ -16,6 +16,7 @@ so a rotated book gets the tight box of its rotated mask.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,22 @@ from trainer.model import ModelConfig
 # keeps its whole width across (a tall spine crossing a shelf strip), this smaller share.
 MIN_VISIBLE, MIN_VISIBLE_ACROSS = 0.3, 0.1
 MAX_PASTED = 6
+
+
+def stack_masks(anns: list[dict[str, Any]], height: int, width: int) -> np.ndarray:
+    """NxHxW bool masks of COCO annotations with RLE segmentations (N may be 0)."""
+    return np.stack([rle.decode(a["segmentation"]) for a in anns]) if anns else np.zeros((0, height, width), bool)
+
+
+def photos_with_masks(version: DatasetVersion, split: str) -> Iterator[tuple[PIL.Image.Image, np.ndarray]]:
+    """(photo, NxHxW book masks) for every photo of ``split``, in the split's order."""
+    coco = version.coco(split)
+    anns: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in coco["images"]}
+    for a in coco["annotations"]:
+        anns[a["image_id"]].append(a)
+    for im in coco["images"]:
+        photo = read_image(version.image_path(im))
+        yield photo, stack_masks(anns[im["id"]], photo.height, photo.width)
 
 
 def train_transforms() -> v2.Transform:
@@ -155,7 +172,7 @@ class BookDataset(torch.utils.data.Dataset):
         except Exception as e:
             raise DatasetError(f"{self.version.name}: {im['file_name']}: {e}") from None
         anns = self._anns[im["id"]]
-        m = np.stack([rle.decode(a["segmentation"]) for a in anns]) if anns else np.zeros((0, pil.height, pil.width), bool)
+        m = stack_masks(anns, pil.height, pil.width)
         seed = hash((self.seed, self.epoch, i)) & 0x7FFFFFFF
         if self.train:
             rng = np.random.default_rng(seed)

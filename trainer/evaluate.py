@@ -130,18 +130,14 @@ def operating_point_set(
     from counting clutter as books in photos with few of them. Returns (a COCO-like ground truth
     with one annotation per book, candidates), for :func:`choose_operating_point`.
     """
-    from trainer.data import sparse_scene
+    from trainer.data import photos_with_masks, sparse_scene
 
     gt = version.coco("val")
     cands = candidates(predictor, version, "val", progress)
     images, annotations = list(gt["images"]), list(gt["annotations"])
-    anns: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in gt["images"]}
-    for a in gt["annotations"]:
-        anns[a["image_id"]].append(a)
     first = max((im["id"] for im in images), default=0) + 1
-    for k, im in enumerate(tqdm(gt["images"], desc="sparse scenes", disable=not progress, leave=False)):
-        photo = read_image(version.image_path(im))
-        masks = np.stack([rle.decode(a["segmentation"]) for a in anns[im["id"]]]) if anns[im["id"]] else np.zeros((0, photo.height, photo.width), bool)
+    scenes = tqdm(photos_with_masks(version, "val"), total=len(gt["images"]), desc="sparse scenes", disable=not progress, leave=False)
+    for k, (photo, masks) in enumerate(scenes):
         scene, books = sparse_scene(photo, masks, np.random.default_rng(seed + k))
         images.append({"id": first + k})
         annotations += [{"image_id": first + k}] * len(books)
