@@ -96,7 +96,7 @@ class BodyLimit:
 
 
 class InFlightLimit:
-    """At most ``limit`` ``POST /count`` at once, each from before its body is read until answered.
+    """At most ``limit`` ``POST /count`` at once, each from before its body is read until its answer starts.
 
     One more is answered 503 with ``Retry-After`` at once: its body is not read (uvicorn discards
     it) and nothing queues, so a burst of big uploads costs at most ``limit`` photos of memory.
@@ -119,11 +119,24 @@ class InFlightLimit:
             return await busy(scope, receive, send)
         self.in_flight += 1
         self.metrics.in_flight.inc()
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.in_flight -= 1
+                self.metrics.in_flight.dec()
+
+        async def send_and_release(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                release()  # the work is done: a client that has its answer can get the next slot
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_and_release)
         finally:
-            self.in_flight -= 1
-            self.metrics.in_flight.dec()
+            release()
 
 
 class ApiKeyGate:
@@ -216,7 +229,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         lifespan=lifespan,
     )
     app.state.slot, app.state.metrics, app.state.settings = slot, metrics, settings
-    # outermost last: metrics see every answer; a refused key, then a too-large body, never takes a slot
+    # outermost last: metrics see every answer; a refused key or an over-limit Content-Length takes no slot
     app.add_middleware(InFlightLimit, limit=settings.max_in_flight, metrics=metrics)
     app.add_middleware(BodyLimit, max_bytes=max_bytes + MULTIPART_OVERHEAD, message=too_large)
     api_key = settings.api_key.get_secret_value() if settings.api_key else ""
