@@ -330,7 +330,8 @@ def main() -> None:
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
-    parser.add_argument("--mode", choices=("steady", "overload", "soak"), default="steady")
+    parser.add_argument("--mode", choices=("steady", "overload", "soak"), default="steady",
+                        help="steady (default): one photo in a loop; overload: one burst of big uploads; soak: a mix")
     parser.add_argument("--clients", type=int, default=4, help="steady/soak: concurrent clients (default 4)")
     parser.add_argument("--seconds", type=float, default=30.0, help="steady: how long the clients run (default 30)")
     parser.add_argument("--minutes", type=float, default=10.0, help="soak: how long it runs (default 10)")
@@ -348,6 +349,7 @@ def main() -> None:
         print(f"registering {args.model} as champion in {register_champion(args.model)}", flush=True)
     settings = get_settings()
     if args.mode == "overload":
+        print(f"making a {args.photo_mb:g} MB photo ...", flush=True)
         photo = big_photo(photos[0], args.photo_mb, settings.max_megapixels)
         with Image.open(io.BytesIO(photo)) as im:
             what = f"{len(photo) / MB:.1f} MB JPEG {im.width}x{im.height} x {args.uploads} concurrent uploads"
