@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +68,12 @@ class Settings(BaseSettings):
     reload_poll_seconds: float = 5.0
     max_upload_mb: float = 20.0
     max_megapixels: float = 50.0
+    max_in_flight: int = Field(
+        2, ge=1, description="Photos POST /count holds at once (upload, decode, model); past that it answers 503."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="If set, the page and API ask for it (X-API-Key, Bearer, or the page's ?key=)."
+    )
 
     # --- prefect ---------------------------------------------------------------------------
     prefect_port: int = 4200

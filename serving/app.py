@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import io
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import anyio
 from fastapi import FastAPI, HTTPException, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from pydantic import BaseModel
@@ -29,6 +31,13 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 MULTIPART_OVERHEAD = 64 * 1024  # bytes a multipart body may carry beyond the photo itself
+BUSY_RETRY_AFTER_S = 1  # Retry-After of a 503 for too many photos in flight: about one photo's time on CPU
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # answered without the API key (probes)
+KEY_COOKIE, KEY_COOKIE_DAYS = "bookcounter_key", 30
+NEEDS_KEY = (
+    "this server asks for its API key (BOOKCOUNTER_API_KEY): send the header 'X-API-Key: KEY' or "
+    "'Authorization: Bearer KEY'; in a browser open /?key=KEY once"
+)
 TRAIN_HINT = (
     "No champion model yet. Train and promote one: `bookcounter demo` (the whole loop on the sample "
     "photos), or `bookcounter train --dataset vNNNN` then `bookcounter promote --candidate VERSION`. "
@@ -84,6 +93,81 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class InFlightLimit:
+    """At most ``limit`` ``POST /count`` at once, each from before its body is read until its answer starts.
+
+    One more is answered 503 with ``Retry-After`` at once: its body is not read (uvicorn discards
+    it) and nothing queues, so a burst of big uploads costs at most ``limit`` photos of memory.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int, metrics: ServingMetrics) -> None:
+        self.app, self.limit, self.metrics = app, limit, metrics
+        self.in_flight = 0  # only touched on the event loop: no lock needed
+        self.message = (
+            f"the server is busy: {limit} photos are being counted (BOOKCOUNTER_MAX_IN_FLIGHT); "
+            f"try again in {BUSY_RETRY_AFTER_S} s"
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/count":
+            return await self.app(scope, receive, send)
+        if self.in_flight >= self.limit:
+            self.metrics.busy.inc()
+            busy = JSONResponse({"detail": self.message}, 503, headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
+            return await busy(scope, receive, send)
+        self.in_flight += 1
+        self.metrics.in_flight.inc()
+        held = True
+
+        def release() -> None:
+            nonlocal held
+            if held:
+                held = False
+                self.in_flight -= 1
+                self.metrics.in_flight.dec()
+
+        async def send_and_release(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                release()  # the work is done: a client that has its answer can get the next slot
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_release)
+        finally:
+            release()
+
+
+class ApiKeyGate:
+    """With ``BOOKCOUNTER_API_KEY`` set, every request but ``/healthz`` and ``/readyz`` must carry it.
+
+    Accepted as the header ``X-API-Key: KEY``, ``Authorization: Bearer KEY``, the query ``?key=KEY``
+    or the cookie a browser gets for it: a ``GET`` with a right ``?key=`` is answered with that
+    cookie and a redirect to the same URL without the key, so ``http://HOST:PORT/?key=KEY`` opens
+    the page, and the page's own requests carry the cookie.
+    """
+
+    def __init__(self, app: ASGIApp, key: str) -> None:
+        self.app, self.key = app, key.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        request = Request(scope)  # headers, cookies and query only; the body is not read
+        authorization = request.headers.get("authorization", "")
+        bearer = authorization[7:].strip() if authorization[:7].lower() == "bearer " else None
+        from_query = request.query_params.get("key")
+        given = from_query or request.headers.get("x-api-key") or bearer or request.cookies.get(KEY_COOKIE)
+        if given is None or not secrets.compare_digest(given.encode(), self.key):
+            refused = JSONResponse({"detail": NEEDS_KEY}, 401, headers={"WWW-Authenticate": "Bearer"})
+            return await refused(scope, receive, send)
+        if from_query and scope["method"] == "GET":
+            query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "key"])
+            response = RedirectResponse(scope["path"] + (f"?{query}" if query else ""), status_code=303)
+            response.set_cookie(KEY_COOKIE, from_query, max_age=KEY_COOKIE_DAYS * 86400, httponly=True, samesite="lax")
+            return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class RequestMetrics:
@@ -145,7 +229,12 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         lifespan=lifespan,
     )
     app.state.slot, app.state.metrics, app.state.settings = slot, metrics, settings
+    # outermost last: metrics see every answer; a refused key or an over-limit Content-Length takes no slot
+    app.add_middleware(InFlightLimit, limit=settings.max_in_flight, metrics=metrics)
     app.add_middleware(BodyLimit, max_bytes=max_bytes + MULTIPART_OVERHEAD, message=too_large)
+    api_key = settings.api_key.get_secret_value() if settings.api_key else ""
+    if api_key:
+        app.add_middleware(ApiKeyGate, key=api_key)
     app.add_middleware(RequestMetrics, metrics=metrics)
 
     @app.exception_handler(TooLarge)
@@ -209,7 +298,9 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
             400: {"description": "Not a decodable photo (empty, corrupt, truncated)."},
             413: {"description": "Over the upload size or megapixel limit."},
             415: {"description": "Wrong content type."},
-            503: {"description": "No champion model loaded yet; the message says how to train one."},
+            401: {"description": "The server has an API key (BOOKCOUNTER_API_KEY) and the request lacks it."},
+            503: {"description": "Busy (BOOKCOUNTER_MAX_IN_FLIGHT photos in flight; see Retry-After), or no "
+                  "champion model loaded yet (the message says how to train one)."},
         },
         openapi_extra={
             "requestBody": {

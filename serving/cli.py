@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 import sys
 from pathlib import Path
@@ -31,6 +32,10 @@ def serve(
 
     API: POST /count (OpenAPI at /docs); /healthz, /readyz, /model; Prometheus at /metrics.
 
+    At most BOOKCOUNTER_MAX_IN_FLIGHT photos are counted at once; more get 503 with Retry-After.
+
+    With BOOKCOUNTER_API_KEY set, everything but /healthz and /readyz asks for the key (header X-API-Key or Authorization: Bearer; in a browser open /?key=KEY once). Serving on a non-loopback host without a key prints a warning.
+
     A newly promoted champion is swapped in without a restart (see BOOKCOUNTER_RELOAD_POLL_SECONDS).
     """
     import logging
@@ -43,8 +48,33 @@ def serve(
     host, port = host or s.serve_host, port if port is not None else s.serve_port
     _check_free(host, port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warning = exposure_warning(host, has_key=bool(s.api_key and s.api_key.get_secret_value()))
+    if warning:
+        typer.echo(warning, err=True)
     typer.echo(f"serving on http://{host}:{port}/ (API docs at /docs); Ctrl-C to stop")
+    if s.api_key and s.api_key.get_secret_value():
+        typer.echo(f"API key required (BOOKCOUNTER_API_KEY); open the page as http://{host}:{port}/?key=KEY")
     uvicorn.run(create_app(s), host=host, port=port, log_level="info")
+
+
+def exposure_warning(host: str, has_key: bool) -> str | None:
+    """The warning for serving beyond this machine without an API key, or None."""
+    if has_key or is_loopback(host):
+        return None
+    return (
+        f"warning: serving on {host}, reachable from other machines, with no API key: anyone on the network "
+        "can use the page, /count, /model and /metrics. Set BOOKCOUNTER_API_KEY to require one."
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses; a host name other than localhost counts as reachable."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def serving_process(settings: Settings) -> Server:

@@ -9,7 +9,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "ServingMetrics"]
 
 
 class ServingMetrics:
-    """Request counts by status, latency, the loaded model version, reloads and failed reloads."""
+    """Request counts by status, latency, photos in flight and refused as busy, the loaded model version, reloads."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -40,6 +40,16 @@ class ServingMetrics:
         self.reload_failures = Counter(
             "bookcounter_model_reload_failures",
             "Champion versions that failed to load or warm up (the previous model kept serving).",
+            registry=self.registry,
+        )
+        self.busy = Counter(
+            "bookcounter_count_busy",
+            "POST /count requests refused with 503 because BOOKCOUNTER_MAX_IN_FLIGHT photos were in flight.",
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "bookcounter_count_in_flight",
+            "POST /count requests being read, decoded or counted now.",
             registry=self.registry,
         )
         self.poll_errors = Counter(

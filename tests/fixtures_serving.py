@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from pydantic import SecretStr
+from starlette.types import ASGIApp
 
 from bookcounter.settings import Settings, get_settings
 
@@ -23,8 +25,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(app: FastAPI, timeout: float = 120.0) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free loopback port; yields the base URL; stops on exit."""
+def running_server(app: ASGIApp, timeout: float = 120.0) -> Iterator[str]:
+    """Serve ``app`` (the FastAPI app, or a wrapper around it) with uvicorn on a free loopback port;
+    yields the base URL; stops on exit."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
@@ -69,5 +72,18 @@ def served_champion(tiny_champion) -> Iterator[Served]:
     from serving.app import create_app
 
     app = create_app(serving_settings(reload_poll_seconds=0.5))
+    with running_server(app) as url:
+        yield Served(url, app)
+
+
+API_KEY = "test-key-0f3a9c"
+
+
+@pytest.fixture(scope="session")
+def served_with_key(tiny_champion) -> Iterator[Served]:
+    """The serving app on the tiny champion with ``BOOKCOUNTER_API_KEY`` = :data:`API_KEY`."""
+    from serving.app import create_app
+
+    app = create_app(serving_settings(api_key=SecretStr(API_KEY)))
     with running_server(app) as url:
         yield Served(url, app)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fixtures_serving import Served, running_server
+from fixtures_serving import API_KEY, Served, running_server
 from fixtures_trainer import synthetic_photo
 from PIL import Image
 
@@ -92,3 +92,24 @@ def test_page_without_a_champion_says_how_to_train_one(settings, browser) -> Non
         assert "bookcounter train" in page.inner_text("#notice")
         assert page.inner_text("#model-version") == "no model"
         page.close()
+
+
+def test_page_opened_with_its_api_key_counts_a_photo(served_with_key: Served, browser, tmp_path: Path) -> None:
+    photo, _ = synthetic_photo(7, 4)
+    path = tmp_path / "shelf.png"
+    photo.save(path)
+    page = browser.new_page()
+    refused = page.goto(f"{served_with_key.url}/")
+    assert refused.status == 401 and "?key=" in page.inner_text("body")
+    page.goto(f"{served_with_key.url}/?key={API_KEY}")
+    assert page.url == f"{served_with_key.url}/"  # the key is not left in the address bar
+    version = served_with_key.app.state.slot.current.version
+    page.wait_for_function(f"document.getElementById('model-version').textContent.includes('v{version}')")
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    import httpx
+
+    expected = httpx.post(f"{served_with_key.url}/count", content=path.read_bytes(),
+                          headers={"content-type": "image/png", "x-api-key": API_KEY}, timeout=60).json()
+    assert page.inner_text("#count") == str(expected["count"]) and page.locator("#error").is_hidden()
+    page.close()

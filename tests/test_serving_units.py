@@ -73,3 +73,24 @@ def test_metrics_expose_the_loaded_version_and_request_counts() -> None:
     assert 'version="3"' not in text
     assert 'bookcounter_requests_total{route="/count",status="413"} 1.0' in text
     assert 'bookcounter_request_seconds_count{route="/count"} 2.0' in text
+
+
+@pytest.mark.parametrize(
+    ("host", "has_key", "warns"),
+    [
+        ("127.0.0.1", False, False),
+        ("localhost", False, False),
+        ("::1", False, False),
+        ("0.0.0.0", False, True),
+        ("192.168.1.20", False, True),
+        ("shelf-box.lan", False, True),
+        ("0.0.0.0", True, False),
+    ],
+)
+def test_serving_beyond_loopback_without_a_key_is_warned_about(host: str, has_key: bool, warns: bool) -> None:
+    from serving.cli import exposure_warning
+
+    warning = exposure_warning(host, has_key)
+    assert (warning is not None) == warns
+    if warning:
+        assert host in warning and "BOOKCOUNTER_API_KEY" in warning and len(warning.splitlines()) == 1
