@@ -16,7 +16,7 @@ from annotator.labelstudio.project import ensure_project, task_shas
 from bookcounter.dataset_store import DatasetStore
 from bookcounter.locks import file_lock
 from bookcounter.settings import Settings
-from flows.loop import collect_flow, retrain_flow, watch_annotations_flow
+from flows.loop import collect_flow, retrain_flow
 from flows.prelabel import prelabel_flow
 from trainer import promote
 
@@ -105,19 +105,3 @@ def test_a_second_retrain_while_one_runs_exits_without_training(settings: Settin
         assert mine
         assert retrain_flow(recipe=_recipe(epochs=1)) is None
     assert promote.history() == []
-
-
-def test_annotation_count_trigger_starts_the_loop_at_the_threshold(ls_settings: Settings) -> None:
-    make_synthetic_store(ls_settings.datasets_dir, {"train": 4, "val": 2, "test": 2})  # v0001, as if annotated before
-    _drop_photos(ls_settings, [5, 6])
-    prelabel_flow()
-    first, second = _task_ids(ls_settings)
-    assert watch_annotations_flow(threshold=2, recipe=_recipe()) == 0  # nothing annotated yet
-    _annotate(ls_settings, [first])
-    assert watch_annotations_flow(threshold=2, recipe=_recipe()) == 1  # one short: no loop
-    assert [v.name for v in DatasetStore.from_settings().versions()] == ["v0001"] and promote.history() == []
-    _annotate(ls_settings, [second])
-    assert watch_annotations_flow(threshold=2, recipe=_recipe()) == 2
-    # The loop ran: collect made v0002 and retrain judged a candidate trained on it.
-    assert [v.name for v in DatasetStore.from_settings().versions()] == ["v0001", "v0002"]
-    assert [d["dataset_version"] for d in promote.history()] == ["v0002"]
