@@ -105,3 +105,36 @@ def test_a_second_retrain_while_one_runs_exits_without_training(settings: Settin
         assert mine
         assert retrain_flow(recipe=_recipe(epochs=1)) is None
     assert promote.history() == []
+
+
+class _Captured(Exception):
+    """Raised by the stand-in for the training itself: carries the config it was given."""
+
+
+@pytest.mark.parametrize(("cuda", "max_minutes"), [(False, None), (True, None), (True, 5.0)])
+def test_a_prefect_retrain_and_bookcounter_train_build_the_same_config(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, cuda: bool, max_minutes: float | None
+) -> None:
+    """Both paths up to the training call, as they run: only the training itself is replaced
+    (and, for the CUDA case, torch's answer to "is there a GPU?")."""
+    import torch
+    from typer.testing import CliRunner
+
+    import trainer.train
+    from bookcounter.cli import app
+
+    make_synthetic_store(settings.datasets_dir, {"train": 2, "val": 1, "test": 1})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+
+    def capture(cfg, *args, **kwargs):
+        raise _Captured(cfg)
+
+    monkeypatch.setattr(trainer.train, "train_and_save", capture)
+    with pytest.raises(_Captured) as flow:
+        retrain_flow(dataset="v0001", max_minutes=max_minutes)
+    args = ["train", "--dataset", "v0001", "--no-register"] + (["--max-minutes", str(max_minutes)] if max_minutes else [])
+    cli = CliRunner().invoke(app, args)
+    assert isinstance(cli.exception, _Captured), cli.output
+    flow_cfg, cli_cfg = flow.value.args[0], cli.exception.args[0]
+    assert flow_cfg.device == ("cuda" if cuda else "cpu")
+    assert flow_cfg.to_dict() == cli_cfg.to_dict()
