@@ -59,14 +59,16 @@ def state_file(settings: Settings) -> Path:
 def check_annotations(settings: Settings, source: str) -> tuple[int, Crossing | None]:
     """Count the pending annotations; send the event when a crossing not sent before is reached.
 
-    Returns the count and the crossing sent now (None when none was). Raises
+    Returns the count (0 when the trigger is off) and the crossing sent now (None when none was). Raises
     :class:`bookcounter.events.PrefectUnavailable` (nothing recorded) when no Prefect server answers.
     """
     threshold = settings.retrain_every_n_annotations
+    if threshold <= 0:  # the automatic trigger is off (the demo drives the loop itself)
+        return 0, None
     path = state_file(settings)
     with file_lock(path.with_suffix(".lock")):
         pending = pending_annotations(settings)
-        if threshold <= 0 or pending.count < threshold:
+        if pending.count < threshold:
             return pending.count, None
         crossing = Crossing(pending.project_id, pending.relative_to, pending.count // threshold, pending.count, threshold)
         last = _last_sent(path)
