@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
@@ -102,17 +103,28 @@ def _new_image(
     )
 
 
-def pending_annotations(settings: Settings | None = None) -> int:
-    """How many annotated tasks no dataset version holds yet (one API call; used to trigger the loop)."""
+@dataclass(frozen=True)
+class Pending:
+    """Annotated tasks of a project that no dataset version holds yet."""
+
+    count: int
+    project_id: int
+    relative_to: str | None  # the newest dataset version, which the count is relative to
+
+
+def pending_annotations(settings: Settings | None = None) -> Pending:
+    """How many annotated tasks the newest dataset version does not hold (one API call): the one
+    count that starts the loop (:mod:`annotator.training_trigger`)."""
     settings = settings or get_settings()
     project_id = ensure_project(settings)
     with api_errors(settings, "read the project"):
         project = client(settings).projects.get(id=project_id)
-    latest = DatasetStore(settings.datasets_dir).latest()
+    latest = DatasetStore(settings.datasets_dir).latest()  # after the count: a collect in between lowers it, never raises it
     collected = set()
     if latest is not None:
         for im in latest.coco()["images"]:
             prov = im.get("provenance") or {}
             if prov.get("label_studio_project") == project_id:
                 collected.add(prov.get("label_studio_task"))
-    return max(0, (project.num_tasks_with_annotations or 0) - len(collected))
+    count = max(0, (project.num_tasks_with_annotations or 0) - len(collected))
+    return Pending(count, project_id, latest.name if latest is not None else None)

@@ -14,6 +14,11 @@ computed once and cached by the Segmenter (disk + in-memory LRU) under the task'
 itself stays in a small LRU here, so a later click runs only the prompt encoder and the mask
 decoder. Without a SAM checkpoint a box is answered by the champion Mask R-CNN's mask head.
 
+Training: every annotation webhook checks the count of new annotations, and "Start training"
+(``START_TRAINING`` or ``/train``) asks for a loop run; both through :mod:`annotator.training_trigger`
+(a Prefect event; the ``loop`` deployment's trigger runs the loop). The job id is the event id;
+``/job_status`` reports the state of the flow run it caused, from Prefect.
+
 Problems of one request (photo not fetchable or not decodable, too large, prompt empty or
 outside the image, points without SAM) are answered with HTTP 200 and a prediction whose
 ``result`` is empty and whose ``error`` says what is wrong: Label Studio turns any non-2xx
@@ -36,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import numpy as np
-from fastapi import Body, FastAPI, Request
+from fastapi import BackgroundTasks, Body, FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image
 
@@ -44,8 +49,10 @@ from annotator import training_trigger
 from annotator.labelstudio.label_config import BRUSH, IMAGE
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.project import fetch_photo
+from bookcounter import events
 from bookcounter.detector import DetectorProvider
 from bookcounter.errors import UserError
+from bookcounter.events import PrefectUnavailable
 from bookcounter.images import decode_image, sha256_bytes
 from bookcounter.settings import Settings
 
@@ -266,7 +273,6 @@ def create_app(
     """The FastAPI app on ``backend``; ``lifespan`` runs around serving (the server process's
     factory, :func:`serving.ml_backend_app.create_app`, keeps the champion current in it)."""
     settings = backend.settings
-    counter = training_trigger.AnnotationCounter(settings)
     app = FastAPI(title="bookcounter ML backend", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.backend = backend
 
@@ -317,30 +323,46 @@ def create_app(
                 results.append({"result": [], "score": 0.0, "model_version": backend.model_version, "error": str(e)})
         return {"results": results, "model_version": backend.model_version}
 
-    def start_training(reason: str) -> dict[str, Any]:
-        run = training_trigger.start_loop(settings, reason)
-        log.info("%s loop run %s (%s): %s", "started" if run.started else "already running:", run.run_id, reason, run.command)
-        return {"status": "ok", "job": run.run_id, "run_id": run.run_id, "started": run.started, "command": run.command}
+    def start_training(body: dict[str, Any], source: str) -> Any:
+        try:
+            event_id = training_trigger.request_training(settings, _project_id(body.get("project")), source)
+        except PrefectUnavailable as e:
+            log.warning("%s: %s", source, e)
+            return JSONResponse({"status": "error", "error": str(e)}, status_code=200)
+        return {"status": "ok", "job": str(event_id)}
+
+    def check_annotations() -> None:
+        try:
+            training_trigger.check_annotations(settings, "webhook")
+        except UserError as e:  # Label Studio or Prefect not answering: the watcher tries again
+            log.warning("webhook: %s", e)
 
     @app.post("/webhook", status_code=201)
-    def webhook(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+    def webhook(background: BackgroundTasks, body: dict[str, Any] = Body(...)) -> Any:
         action = body.get("action")
         if action == "START_TRAINING":
-            return start_training("START_TRAINING")
+            return start_training(body, "start-training")
         if action in ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED"):
-            got = body.get("annotation")
-            new = [a for a in (got if isinstance(got, list) else [got]) if isinstance(a, dict) and not a.get("was_cancelled")]
-            if new and counter.add(len(new), settings.retrain_every_n_annotations):
-                return start_training(f"{settings.retrain_every_n_annotations} new annotations")
-            return {"status": "ok", "new_annotations": counter.count()}
+            # after the answer: Label Studio waits 1 s for it, and the count asks Label Studio
+            background.add_task(check_annotations)
+            return {"status": "ok"}
         return {"status": "ignored", "action": action}
 
     @app.post("/train", status_code=201)
-    def train() -> dict[str, Any]:
-        return start_training("START_TRAINING (/train)")
+    def train(body: dict[str, Any] = Body(default_factory=dict)) -> Any:
+        return start_training(body, "start-training (/train)")
 
     @app.post("/job_status")
     def job_status(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        return {"job_status": training_trigger.run_status(settings, str(body.get("job", "")))}
+        """The state of the loop run that a "Start training" event (its id is the job) caused."""
+        return {"job_status": events.job_status(settings, str(body.get("job", "")))}
 
     return app
+
+
+def _project_id(project: Any) -> int | None:
+    """The project's id in a webhook body (``{"id": 3, ...}``) or a ``/train`` body (``"3.1699..."``)."""
+    if isinstance(project, dict):
+        project = project.get("id")
+    head = str(project).split(".")[0] if project is not None else ""
+    return int(head) if head.isdigit() else None

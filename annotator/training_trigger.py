@@ -1,118 +1,102 @@
-"""Start the collect -> retrain -> promote loop from the ML backend and return at once.
+"""What starts the loop: enough new annotations, or "Start training" in Label Studio.
 
-:func:`start_loop` is the one place that launches the loop: the Prefect ``loop`` flow
-(``bookcounter flows run loop``) in a detached process whose flow run is named after the run
-id, so ops find it in the Prefect UI. Each run leaves, under ``settings.run_dir / "training"``:
+Both end in the Prefect event ``bookcounter.annotations.ready`` (:mod:`bookcounter.events`); the
+``loop`` deployment's trigger turns it into a flow run on its work pool. Nothing here starts a
+process.
 
-- ``<run_id>.json``: pid, command, reason, start time;
-- ``<run_id>.log``: the flow's output;
-- ``<run_id>.rc``: the exit status, written when the run ends.
+**One count.** :func:`annotator.collect.pending_annotations`: annotated tasks of the project that
+the newest dataset version does not hold. The ML backend checks it on every Label Studio
+annotation webhook (at once), the ``watch-annotations`` flow every minute (a backstop for missed
+webhooks); both call :func:`check_annotations`.
 
-At most one run at a time: while one is alive, :func:`start_loop` returns its id instead of
-starting another. :class:`AnnotationCounter` counts new annotations (Label Studio webhook
-events) so the backend can start the loop every ``settings.retrain_every_n_annotations``.
+**Exactly one event per crossing.** Crossing ``k`` is the count reaching ``k * N``
+(``N = settings.retrain_every_n_annotations``) relative to one dataset version. Under an
+exclusive lock, :func:`check_annotations` counts, compares with the last crossing sent (a small
+state file next to the lock), and sends the event only for a crossing not sent yet; it records
+the crossing once the event was delivered. So whichever of the webhook and the watcher comes
+first sends it and the other sees it was sent, in any process on this state dir. The event's id
+is derived from the crossing too, so a resend after a crash between delivery and record is
+dropped by Prefect's triggers (they ignore an event id seen in the last 30 minutes). When a
+loop's collect makes a new dataset version the count starts again from it. A jump past several
+multiples of ``N`` at once is one crossing (one loop collects them all).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import subprocess
-import sys
-import time
+import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from annotator.collect import pending_annotations
+from bookcounter import events
 from bookcounter.locks import file_lock
-from bookcounter.processes import is_alive
 from bookcounter.settings import Settings
 
-LOOP_COMMAND: tuple[str, ...] = ("flows", "run", "loop")  # bookcounter arguments that run the loop
+log = logging.getLogger(__name__)
+EVENT_NAMESPACE = uuid.UUID("2f0c6f0e-3c55-4d8a-9f59-6d4f3b0a1c17")  # event ids of crossings: uuid5 in it
 
 
-@dataclass
-class LoopRun:
-    run_id: str
-    started: bool  # False: a run was already in progress and this is its id
-    command: str
-    log_file: Path
+@dataclass(frozen=True)
+class Crossing:
+    project_id: int
+    relative_to: str | None  # the dataset version the count is relative to
+    index: int  # the count reached index * threshold
+    pending: int
+    threshold: int
+
+    @property
+    def event_id(self) -> uuid.UUID:
+        return uuid.uuid5(EVENT_NAMESPACE, f"{self.project_id}/{self.relative_to}/{self.index}")
 
 
-def runs_dir(settings: Settings) -> Path:
-    return settings.run_dir / "training"
+def state_file(settings: Settings) -> Path:
+    """The last crossing sent (JSON), next to its lock."""
+    return settings.run_dir / "annotations-ready.json"
 
 
-def start_loop(settings: Settings, reason: str) -> LoopRun:
-    """Launch the loop detached (unless one is running) and return its run id at once."""
-    d = runs_dir(settings)
-    d.mkdir(parents=True, exist_ok=True)
-    with file_lock(d / "launch.lock"):
-        running = current_run(settings)
-        if running is not None:
-            meta = json.loads((d / f"{running}.json").read_text())
-            return LoopRun(running, False, meta["command"], d / f"{running}.log")
-        run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        exe = Path(sys.executable).with_name("bookcounter")
-        chain = shlex.join([str(exe), *LOOP_COMMAND, "--run-name", f"loop-{run_id}"])
-        rc_file = d / f"{run_id}.rc"
-        script = f"( {chain} ); echo $? > {shlex.quote(str(rc_file))}"
-        log_file = d / f"{run_id}.log"
-        with open(log_file, "ab") as log:
-            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} run {run_id} ({reason}): {chain}\n".encode())
-            log.flush()
-            proc = subprocess.Popen(
-                ["bash", "-c", script],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=os.environ.copy(),
-                start_new_session=True,  # survives the backend; never its child's signals
-            )
-        meta = {"run_id": run_id, "pid": proc.pid, "command": chain, "reason": reason, "started_at": time.time()}
-        (d / f"{run_id}.json").write_text(json.dumps(meta))
-        return LoopRun(run_id, True, chain, log_file)
+def check_annotations(settings: Settings, source: str) -> tuple[int, Crossing | None]:
+    """Count the pending annotations; send the event when a crossing not sent before is reached.
+
+    Returns the count (0 when the trigger is off) and the crossing sent now (None when none was). Raises
+    :class:`bookcounter.events.PrefectUnavailable` (nothing recorded) when no Prefect server answers.
+    """
+    threshold = settings.retrain_every_n_annotations
+    if threshold <= 0:  # the automatic trigger is off (the demo drives the loop itself)
+        return 0, None
+    path = state_file(settings)
+    with file_lock(path.with_suffix(".lock")):
+        pending = pending_annotations(settings)
+        if pending.count < threshold:
+            return pending.count, None
+        crossing = Crossing(pending.project_id, pending.relative_to, pending.count // threshold, pending.count, threshold)
+        last = _last_sent(path)
+        if last is not None and (last.project_id, last.relative_to) == (crossing.project_id, crossing.relative_to) \
+                and last.index >= crossing.index:
+            return pending.count, None
+        events.emit(settings, events.ANNOTATIONS_READY, _resource(crossing.project_id),
+                    {"source": source, **asdict(crossing)}, crossing.event_id)
+        path.write_text(json.dumps(asdict(crossing)))
+    log.info("%s: %d new annotation(s) (threshold %d, since %s): sent %s", source, crossing.pending, threshold,
+             crossing.relative_to or "no dataset version", events.ANNOTATIONS_READY)
+    return pending.count, crossing
 
 
-def run_status(settings: Settings, run_id: str) -> str:
-    """``started`` while the run is alive, ``finished``/``failed`` after, ``unknown`` if no such run."""
-    d = runs_dir(settings)
-    if not run_id.replace("-", "").isalnum() or not (d / f"{run_id}.json").is_file():
-        return "unknown"
-    rc = d / f"{run_id}.rc"
-    if rc.is_file():
-        return "finished" if rc.read_text().strip() == "0" else "failed"
-    pid = json.loads((d / f"{run_id}.json").read_text())["pid"]
-    return "started" if is_alive(pid) else "failed"
+def request_training(settings: Settings, project_id: int | None, source: str) -> uuid.UUID:
+    """"Start training": send the event for one loop run now; returns the event id (the job id)."""
+    event_id = uuid.uuid4()
+    events.emit(settings, events.ANNOTATIONS_READY, _resource(project_id), {"source": source}, event_id)
+    log.info("%s: sent %s (event %s)", source, events.ANNOTATIONS_READY, event_id)
+    return event_id
 
 
-def current_run(settings: Settings) -> str | None:
-    """The id of the run still in progress, if any."""
-    for meta_file in sorted(runs_dir(settings).glob("*.json"), reverse=True):
-        run_id = meta_file.stem
-        if run_status(settings, run_id) == "started":
-            return run_id
-    return None
+def _resource(project_id: int | None) -> str:
+    return f"{events.RESOURCE_PREFIX}.{project_id if project_id is not None else 'unknown'}"
 
 
-class AnnotationCounter:
-    """New annotations since the last loop start, kept in a file (survives backend restarts)."""
-
-    def __init__(self, settings: Settings):
-        self.path = settings.run_dir / "ml-backend-new-annotations.json"
-
-    def add(self, n: int, every: int) -> bool:
-        """Count ``n`` new annotations; True (and reset) when ``every`` > 0 is reached."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(self.path.with_suffix(".lock")):
-            count = self.count() + n
-            due = every > 0 and count >= every
-            self.path.write_text(json.dumps({"count": 0 if due else count}))
-        return due
-
-    def count(self) -> int:
-        try:
-            return int(json.loads(self.path.read_text())["count"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return 0
+def _last_sent(path: Path) -> Crossing | None:
+    try:
+        return Crossing(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None

@@ -142,6 +142,11 @@ class Settings(BaseSettings):
         return f"http://{self.serve_host}:{self.serve_port}"
 
     @property
+    def prefect_url(self) -> str:
+        """The Prefect server and UI that ``bookcounter ui prefect`` / ``flows serve`` start."""
+        return f"http://127.0.0.1:{self.prefect_port}"
+
+    @property
     def mlflow_ui_url(self) -> str:
         return f"http://127.0.0.1:{self.mlflow_ui_port}"
 

@@ -3,10 +3,12 @@
 - ``collect``: human annotations in Label Studio -> a new dataset version (no-op when nothing changed).
 - ``retrain``: train a candidate on the newest version, register it, promote or reject it
   (skipped when that version already has a candidate; one at a time, by a lock).
-- ``loop``: collect then retrain; started nightly, by hand, or by ``watch-annotations``.
-- ``watch-annotations``: every minute, counts submitted annotations not yet in a dataset
-  version; at ``settings.retrain_every_n_annotations`` it emits the Prefect event
-  ``bookcounter.annotations.ready`` and runs ``loop``.
+- ``loop``: collect then retrain; started nightly, by hand, or by the Prefect event
+  ``bookcounter.annotations.ready`` (the ``loop`` deployment's trigger, ``flows/deployments.py``).
+- ``watch-annotations``: every minute, the backstop of the ML backend's annotation webhook: counts
+  submitted annotations not yet in a dataset version and, at each multiple of
+  ``settings.retrain_every_n_annotations`` not announced yet, emits that event
+  (:func:`annotator.training_trigger.check_annotations`, which the webhook calls too).
 """
 
 from __future__ import annotations
@@ -16,14 +18,12 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.events import emit_event
 
 from annotator.labelstudio.server import is_healthy, start_server
 from bookcounter.dataset_store import DatasetStore
+from bookcounter.events import ANNOTATIONS_READY
 from bookcounter.locks import file_lock
 from bookcounter.settings import get_settings
-
-ANNOTATIONS_READY = "bookcounter.annotations.ready"
 
 
 @task(timeout_seconds=300)
@@ -135,23 +135,18 @@ def loop_flow(max_minutes: float | None = None, recipe: dict[str, Any] | None = 
 
 
 @flow(name="watch-annotations", log_prints=True)
-def watch_annotations_flow(threshold: int | None = None, recipe: dict[str, Any] | None = None) -> int:
-    """Start ``loop`` when enough new human annotations have arrived; returns how many are new."""
-    from annotator.collect import pending_annotations
+def watch_annotations_flow() -> dict[str, Any]:
+    """Emit ``bookcounter.annotations.ready`` when enough new human annotations have arrived
+    (once per crossing, whoever sees it first); returns how many are new and whether it emitted."""
+    from annotator.training_trigger import check_annotations
 
     settings = get_settings()
-    threshold = threshold if threshold is not None else settings.retrain_every_n_annotations
     ensure_labelstudio()
-    pending = pending_annotations(settings)
-    print(f"watch-annotations: {pending} submitted annotation(s) not in a dataset version yet (threshold {threshold})")
-    if threshold > 0 and pending >= threshold:
-        emit_event(
-            event=ANNOTATIONS_READY,
-            resource={"prefect.resource.id": f"bookcounter.label-studio.{settings.ls_project_title}"},
-            payload={"pending": pending, "threshold": threshold},
-        )
-        loop_flow(recipe=recipe)
-    return pending
+    pending, crossing = check_annotations(settings, "watch-annotations")
+    threshold = settings.retrain_every_n_annotations
+    print(f"watch-annotations: {pending} submitted annotation(s) not in a dataset version yet (threshold {threshold}); "
+          + (f"emitted {ANNOTATIONS_READY}" if crossing else "nothing to emit"))
+    return {"pending": pending, "emitted": crossing is not None}
 
 
 def _decision_markdown(d: dict[str, Any]) -> str:

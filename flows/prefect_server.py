@@ -14,7 +14,7 @@ def prefect_ui_server(settings: Settings) -> Server:
 
 
 def ui_url(settings: Settings) -> str:
-    return f"http://127.0.0.1:{settings.prefect_port}"
+    return settings.prefect_url
 
 
 def configure_prefect_env(settings: Settings) -> None:

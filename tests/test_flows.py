@@ -16,7 +16,7 @@ from annotator.labelstudio.project import ensure_project, task_shas
 from bookcounter.dataset_store import DatasetStore
 from bookcounter.locks import file_lock
 from bookcounter.settings import Settings
-from flows.loop import collect_flow, retrain_flow, watch_annotations_flow
+from flows.loop import collect_flow, retrain_flow
 from flows.prelabel import prelabel_flow
 from trainer import promote
 
@@ -107,17 +107,34 @@ def test_a_second_retrain_while_one_runs_exits_without_training(settings: Settin
     assert promote.history() == []
 
 
-def test_annotation_count_trigger_starts_the_loop_at_the_threshold(ls_settings: Settings) -> None:
-    make_synthetic_store(ls_settings.datasets_dir, {"train": 4, "val": 2, "test": 2})  # v0001, as if annotated before
-    _drop_photos(ls_settings, [5, 6])
-    prelabel_flow()
-    first, second = _task_ids(ls_settings)
-    assert watch_annotations_flow(threshold=2, recipe=_recipe()) == 0  # nothing annotated yet
-    _annotate(ls_settings, [first])
-    assert watch_annotations_flow(threshold=2, recipe=_recipe()) == 1  # one short: no loop
-    assert [v.name for v in DatasetStore.from_settings().versions()] == ["v0001"] and promote.history() == []
-    _annotate(ls_settings, [second])
-    assert watch_annotations_flow(threshold=2, recipe=_recipe()) == 2
-    # The loop ran: collect made v0002 and retrain judged a candidate trained on it.
-    assert [v.name for v in DatasetStore.from_settings().versions()] == ["v0001", "v0002"]
-    assert [d["dataset_version"] for d in promote.history()] == ["v0002"]
+class _Captured(Exception):
+    """Raised by the stand-in for the training itself: carries the config it was given."""
+
+
+@pytest.mark.parametrize(("cuda", "max_minutes"), [(False, None), (True, None), (True, 5.0)])
+def test_a_prefect_retrain_and_bookcounter_train_build_the_same_config(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, cuda: bool, max_minutes: float | None
+) -> None:
+    """Both paths up to the training call, as they run: only the training itself is replaced
+    (and, for the CUDA case, torch's answer to "is there a GPU?")."""
+    import torch
+    from typer.testing import CliRunner
+
+    import trainer.train
+    from bookcounter.cli import app
+
+    make_synthetic_store(settings.datasets_dir, {"train": 2, "val": 1, "test": 1})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+
+    def capture(cfg, *args, **kwargs):
+        raise _Captured(cfg)
+
+    monkeypatch.setattr(trainer.train, "train_and_save", capture)
+    with pytest.raises(_Captured) as flow:
+        retrain_flow(dataset="v0001", max_minutes=max_minutes)
+    args = ["train", "--dataset", "v0001", "--no-register"] + (["--max-minutes", str(max_minutes)] if max_minutes else [])
+    cli = CliRunner().invoke(app, args)
+    assert isinstance(cli.exception, _Captured), cli.output
+    flow_cfg, cli_cfg = flow.value.args[0], cli.exception.args[0]
+    assert flow_cfg.device == ("cuda" if cuda else "cpu")
+    assert flow_cfg.to_dict() == cli_cfg.to_dict()

@@ -1,4 +1,4 @@
-"""The ML backend's parts that need no server: prompts, config check, training trigger, brush RLE."""
+"""The ML backend's parts that need no server: prompts, config check, brush RLE, the champion slot."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from label_studio_sdk.converter import brush
 
-from annotator import training_trigger
 from annotator.labelstudio.label_config import LABEL_CONFIG
 from annotator.labelstudio.mask_codec import brush_rle
 from annotator.ml_backend import PromptError, check_label_config, parse_prompt
@@ -57,14 +56,6 @@ def test_label_config_must_have_our_brush_tool():
         check_label_config('<View><Image name="image" value="$image"/></View>')
     with pytest.raises(UserError, match="not valid XML"):
         check_label_config("<View>")
-
-
-def test_annotation_counter_fires_every_n_and_survives_a_restart(settings):
-    counter = training_trigger.AnnotationCounter(settings)
-    assert [counter.add(1, every=3) for _ in range(2)] == [False, False]
-    assert training_trigger.AnnotationCounter(settings).add(1, every=3) is True  # a new backend process
-    assert counter.count() == 0
-    assert counter.add(5, every=0) is False and counter.count() == 5  # 0 = off
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (64, 64), (700, 400)])

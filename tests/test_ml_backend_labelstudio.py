@@ -2,8 +2,7 @@
 
 ``sam_backend`` is the backend as ``bookcounter ml-backend start`` runs it (its own process,
 vit_t with random weights); tests read its embedding count on ``/health``. The no-SAM backend
-and the training hook run in this process under uvicorn (a thread), so a test can restrict
-the loop to its collect step.
+runs in this process under uvicorn (a thread); ``tests/test_training_trigger.py`` uses it too.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import uvicorn
 from label_studio_sdk.converter import brush
 from PIL import Image
 
-from annotator import training_trigger
 from annotator.labelstudio.client import client
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.ml_backend_link import connect_ml_backend
@@ -223,44 +221,6 @@ def test_without_sam_a_click_says_it_needs_a_checkpoint(labelstudio: Settings, l
         assert "needs a SAM checkpoint" in answer["data"]["error"]
         answer = interactive(ls_settings, backend_id, task["id"], [rect(30, 20, 15, 60)])
         assert answer["data"]["result"] == [] and "no champion" in answer["data"]["error"]
-
-
-def test_start_training_and_every_n_annotations_start_the_loop(
-    labelstudio: Settings, ls_settings: Settings, sample_dir: Path, monkeypatch: pytest.MonkeyPatch
-):
-    monkeypatch.setattr(training_trigger, "LOOP_COMMAND", ("flows", "run", "collect"))  # the loop's first step only
-    monkeypatch.setenv("PREFECT_LOGGING_LEVEL", "INFO")  # the run's log shows what the flow printed
-    settings = ls_settings.model_copy(update={"retrain_every_n_annotations": 2})
-    ls = client(settings)
-    project = ensure_project(settings)
-    task = add_task(settings, project, photo(sample_dir, 0))
-    runs = training_trigger.runs_dir(settings)
-
-    def wait_for_runs(n: int) -> list[str]:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            ids = sorted(p.stem for p in runs.glob("*.json")) if runs.is_dir() else []
-            if len(ids) >= n and training_trigger.current_run(settings) is None:
-                return ids
-            time.sleep(0.5)
-        raise AssertionError(f"expected {n} finished loop runs in {runs}")
-
-    with backend_in_thread(settings) as url:
-        backend_id = connect_ml_backend(settings, project, url, TITLE)
-        t0 = time.monotonic()
-        ls.ml.train(id=backend_id)  # the "Start training" button: START_TRAINING to /webhook
-        assert time.monotonic() - t0 < 10
-        (run_id,) = wait_for_runs(1)
-        assert training_trigger.run_status(settings, run_id) == "finished"
-        assert "collect: nothing new" in (runs / f"{run_id}.log").read_text()
-
-        mask = np.zeros((640, 640), bool)
-        mask[100:300, 200:260] = True
-        for _ in range(2):  # two new annotations = retrain_every_n_annotations
-            ls.annotations.create(id=task["id"], result=[brush_result(mask)])
-        second = wait_for_runs(2)[-1]
-        assert training_trigger.run_status(settings, second) == "finished"
-        assert "annotations" in (runs / f"{second}.json").read_text()  # the reason
 
 
 def test_without_sam_a_box_is_answered_by_the_champion_mask_head(
