@@ -30,9 +30,9 @@ def run_flow(
     run_name: str | None = typer.Option(None, help="Name of the flow run shown in the Prefect UI."),
 ) -> None:
     """Run one flow now, in this process (it shows up in the Prefect UI like a scheduled run)."""
-    from flows.prefect_server import make_home
+    from flows.prefect_server import configure_prefect
 
-    make_home(get_settings())
+    configure_prefect(get_settings())
     from flows.loop import collect_flow, loop_flow, retrain_flow, watch_annotations_flow
     from flows.prelabel import prelabel_flow
 
@@ -57,12 +57,10 @@ def serve_flows() -> None:
 
     Schedules need Prefect's scheduler, which the temporary (ephemeral) server does not run, so
     this first starts the Prefect server and UI in the background (as `bookcounter ui prefect`)."""
-    import os
-
-    from flows.prefect_server import start_ui
+    from flows.prefect_server import configure_prefect, start_ui
 
     url = start_ui(get_settings())
-    os.environ["PREFECT_API_URL"] = f"{url}/api"  # before Prefect is imported below
+    configure_prefect(get_settings())  # the server runs now, so Prefect reports to it
     typer.echo(f"Prefect UI: {url}")
     from flows.deployments import serve_all
 
@@ -110,9 +108,9 @@ def demo(
     """Run the whole loop for real on the sample photos (open-shelves, BOOKCOUNTER_SAMPLE_DIR):
     first version -> first model -> inbox -> prelabel -> replayed annotations -> collect ->
     retrain -> promote or reject -> serve. Safe to re-run after an interruption."""
-    from flows.prefect_server import make_home
+    from flows.prefect_server import configure_prefect
 
-    make_home(get_settings())
+    configure_prefect(get_settings())
     from flows.demo import run_demo
 
     run_demo(get_settings(), first_train_photos, budget_minutes)

@@ -17,18 +17,21 @@ def ui_url(settings: Settings) -> str:
     return settings.prefect_url
 
 
-def configure_prefect_env(settings: Settings) -> None:
-    """Set Prefect's environment for this process, before ``import prefect`` (which reads it; see ``make_home``)."""
+def configure_prefect(settings: Settings) -> None:
+    """Point this process's Prefect at bookcounter's state dir; call before ``import prefect``.
+
+    Entry points call it (``bookcounter``'s ``main``, the benches, the tests): importing a
+    package never changes ``os.environ``. Prefect's database lives in ``var/prefect`` (so runs
+    made in ephemeral mode show up when ``bookcounter ui prefect`` starts the UI on it),
+    analytics are off, and while that UI server runs the flows report to it instead of
+    starting a temporary server. ``import prefect`` creates its home but not the parents.
+    """
+    settings.prefect_home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(settings.prefect_home))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     if "PREFECT_API_URL" not in os.environ and prefect_ui_server(settings).pid() is not None:
         os.environ["PREFECT_API_URL"] = f"{ui_url(settings)}/api"
-
-
-def make_home(settings: Settings) -> None:
-    """Create Prefect's home; ``import prefect`` creates the folder itself but not its parents (a fresh ``var/``)."""
-    settings.prefect_home.mkdir(parents=True, exist_ok=True)
 
 
 def start_ui(settings: Settings) -> str:

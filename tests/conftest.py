@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-# Before any test module is imported (some configure Prefect at import): all state goes to a
+# Before any test module is imported (some import Prefect): all state goes to a
 # temp dir for the whole session, so tests never touch ./var.
 SESSION_STATE_DIR = Path(tempfile.mkdtemp(prefix="bookcounter-tests-"))
 os.environ["BOOKCOUNTER_STATE_DIR"] = str(SESSION_STATE_DIR)
@@ -18,6 +18,9 @@ os.environ["BOOKCOUNTER_STATE_DIR"] = str(SESSION_STATE_DIR)
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 from bookcounter.settings import REPO_ROOT, Settings, get_settings  # noqa: E402
+from flows.prefect_server import configure_prefect  # noqa: E402
+
+configure_prefect(get_settings())  # as bookcounter's entry point does, before Prefect is imported
 
 pytest_plugins: list[str] = ["fixtures_labelstudio", "fixtures_sam", "fixtures_trainer", "fixtures_serving"]
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +141,17 @@ def test_a_prefect_retrain_and_bookcounter_train_build_the_same_config(
     flow_cfg, cli_cfg = flow.value.args[0], cli.exception.args[0]
     assert flow_cfg.device == ("cuda" if cuda else "cpu")
     assert flow_cfg.to_dict() == cli_cfg.to_dict()
+
+
+def test_importing_the_flows_leaves_the_environment_alone(tmp_path: Path) -> None:
+    """Only entry points configure Prefect (``configure_prefect``); importing ``flows`` does not."""
+    code = (
+        "import os, prefect, mlflow, torch, sklearn\n"  # third-party imports may set their own
+        "before = dict(os.environ)\n"
+        "import flows, flows.loop, flows.prelabel, flows.deployments, flows.demo\n"
+        "print(sorted(k for k in before.keys() | os.environ.keys() if before.get(k) != os.environ.get(k)))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env["BOOKCOUNTER_STATE_DIR"] = str(tmp_path / "var")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
