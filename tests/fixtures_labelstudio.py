@@ -40,7 +40,7 @@ def labelstudio(tmp_path_factory: pytest.TempPathFactory, session_state_dir: Pat
     os.environ["BOOKCOUNTER_LS_PORT"] = str(port)
     get_settings.cache_clear()
     server = Settings(state_dir=tmp_path_factory.mktemp("labelstudio"), ls_port=port)
-    start_server(server)
+    start_server(server, timeout=300)  # a loaded 2-core machine can need over 2 min
     try:
         yield server
     finally:
