@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import serve
 
 from bookcounter.settings import Settings
+from flows.backup import backup_flow
 from flows.loop import collect_flow, loop_flow, retrain_flow, watch_annotations_flow
 from flows.prelabel import prelabel_flow
 
@@ -20,6 +21,8 @@ def deployments(settings: Settings) -> list:
                                              description="Run the loop once enough new annotations arrived."),
         loop_flow.to_deployment(name="nightly", cron=settings.loop_cron,
                                 description="Collect, retrain and promote on a schedule (or by hand)."),
+        backup_flow.to_deployment(name="nightly", cron=settings.backup_cron,
+                                  description="Back up Label Studio, MLflow, datasets and decisions; keep the last K."),
         collect_flow.to_deployment(name="manual", description="Collect annotations into a new dataset version."),
         retrain_flow.to_deployment(name="manual", description="Train, evaluate and promote on the newest version."),
     ]
