@@ -184,7 +184,7 @@ def dated_backup(settings: Settings, root: Path, keep: int) -> tuple[Path, dict[
     """
     if keep < 1:
         raise BackupError(f"keep must be at least 1 (got {keep})")
-    dest = Path(root) / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    dest = Path(root) / (datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z")
     manifest = backup(settings, dest)
     finished = sorted(p for p in Path(root).iterdir() if p.is_dir() and (p / MANIFEST).is_file())
     removed = finished[:-keep]
