@@ -27,6 +27,7 @@ from bookcounter.settings import REPO_ROOT, Settings, get_settings
 from trainer import promote, registry
 
 BOOKCOUNTER = str(Path(sys.executable).parent / "bookcounter")
+LS_START_TIMEOUT_S = 300.0  # a cold start on a fresh database, on a shared 2-core machine
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -63,7 +64,7 @@ def test_backup_while_running_wipe_restore(tmp_path: Path, monkeypatch: pytest.M
     s = get_settings()
     make_synthetic_store(s.datasets_dir, {"train": 10, "val": 4, "test": 4})  # v0001: what the tiny model learnt
     champion = champion_with_a_decision(tiny_model_dir)
-    start_server(s)
+    start_server(s, timeout=LS_START_TIMEOUT_S)
     try:
         s.inbox_dir.mkdir(parents=True, exist_ok=True)
         for i in range(2):
@@ -120,7 +121,7 @@ def test_backup_while_running_wipe_restore(tmp_path: Path, monkeypatch: pytest.M
     assert promote.history() == before["history"] and before["history"]
     assert (s.inbox_dir / "pending.jpg").is_file()
     assert secrets.read_text() == before["secrets"] and stat.S_IMODE(secrets.stat().st_mode) == 0o600
-    start_server(s)  # on the restored database
+    start_server(s, timeout=LS_START_TIMEOUT_S)  # on the restored database
     try:
         assert annotations_of(s) == before["annotations"]
         assert pending_annotations(s) == 1
