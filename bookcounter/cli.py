@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 # Before torch is imported by any command: idle OpenMP threads sleep instead of spinning, so
 # training and inference degrade gracefully when the cores are shared with other servers.
@@ -80,6 +81,35 @@ def setup_models(
             typer.secho(f"torchvision {name}: not available, training starts from scratch: {error}", fg="yellow", err=True)
         else:
             typer.echo(f"torchvision {name}: {settings.models_dir / 'torch' / 'checkpoints'}")
+
+
+@app.command("backup")
+def backup_command(
+    dest: Path = typer.Argument(..., help="New folder to write the backup to (must not exist)."),
+) -> None:
+    """Back up the human work while the services run: Label Studio's and MLflow's databases (SQLite's
+    online backup), the uploaded photos, model files, dataset versions, decision log, pending inbox
+    photos and secrets, with a manifest (sizes, sha256). See 'bookcounter restore'."""
+    from bookcounter.backup import backup, summary
+    from bookcounter.settings import get_settings
+
+    typer.echo(f"backup {dest}: {summary(backup(get_settings(), dest))}")
+
+
+@app.command("restore")
+def restore_command(
+    src: Path = typer.Argument(..., help="A folder written by 'bookcounter backup'."),
+) -> None:
+    """Restore a backup into the state dir (BOOKCOUNTER_STATE_DIR), which must be empty. Every file
+    is checked against the manifest first; then start the services again ('bookcounter labelstudio start')."""
+    from bookcounter.backup import restore, summary
+    from bookcounter.settings import get_settings
+    from trainer.registry import relocate_artifacts
+
+    settings = get_settings()
+    manifest = restore(settings, src)
+    relocate_artifacts(Path(manifest["state_dir"]), settings)
+    typer.echo(f"restored into {settings.state_dir}: {summary(manifest)}")
 
 
 def main() -> None:

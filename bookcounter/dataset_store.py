@@ -8,8 +8,8 @@ Layout under the store root (``var/datasets``)::
 
 A version is the parent's images and masks plus what was added (an image added again
 replaces its masks). It is written to a temp dir, fsynced, made read-only and renamed into
-place, so a reader sees either the whole version or none. Content equal to an existing
-version creates nothing.
+place, so a reader sees either the whole version or none; the temp files of a writer that
+was killed are removed by the next one. Content equal to an existing version creates nothing.
 
 Splits belong to the image, by sha256, and are frozen at first sight: an image keeps the
 split it got in the first version that held it. New images take the split their source gives
@@ -186,6 +186,7 @@ class DatasetStore:
 
         self.root.mkdir(parents=True, exist_ok=True)
         with file_lock(self.root / ".lock"):
+            self._remove_leftovers()
             parent = self.latest()
             frozen = self.frozen_splits()
             records = _records_of(parent) if parent else {}
@@ -229,6 +230,15 @@ class DatasetStore:
             }
             version = self._write_version(name, coco, manifest)
         return CommitResult(version, True, report)
+
+    def _remove_leftovers(self) -> None:
+        """Remove the temp files and dirs of a writer that was killed (only a lock holder makes them)."""
+        for tmp in [*self.root.glob(".tmp-*"), *(self.root / "images").glob(".tmp-*")]:
+            if tmp.is_dir():
+                os.chmod(tmp, 0o755)
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
 
     def _write_blob(self, rel: str, data: bytes) -> None:
         path = self.root / rel

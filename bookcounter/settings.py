@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     loop_cron: str = Field("0 2 * * *", description="When the scheduled loop runs (cron, local time).")
     mlflow_ui_port: int = 5000
 
+    # --- backups ---------------------------------------------------------------------------
+    backup_dir: Path | None = Field(None, description="Where the nightly backup writes; default <state_dir>-backups beside it.")
+    backup_keep: int = Field(7, ge=1, description="How many nightly backups are kept.")
+    backup_cron: str = Field("30 1 * * *", description="When the nightly backup runs (cron, local time).")
+
     # --- derived paths (not settable on their own: move state_dir instead) ----------------
     @property
     def datasets_dir(self) -> Path:
@@ -118,6 +123,11 @@ class Settings(BaseSettings):
     @property
     def decision_log(self) -> Path:
         return self.state_dir / "registry" / "decisions.jsonl"
+
+    @property
+    def backups_dir(self) -> Path:
+        """Nightly backups: outside the state dir, so losing it does not lose them."""
+        return self.backup_dir or self.state_dir.with_name(f"{self.state_dir.name}-backups")
 
     @property
     def prefect_home(self) -> Path:

@@ -20,6 +20,7 @@ class FlowName(str, Enum):
     retrain = "retrain"
     loop = "loop"
     watch_annotations = "watch-annotations"
+    backup = "backup"
 
 
 @flows_app.command("run")
@@ -33,6 +34,7 @@ def run_flow(
     from flows.prefect_server import configure_prefect
 
     configure_prefect(get_settings())
+    from flows.backup import backup_flow
     from flows.loop import collect_flow, loop_flow, retrain_flow, watch_annotations_flow
     from flows.prelabel import prelabel_flow
 
@@ -42,6 +44,7 @@ def run_flow(
         FlowName.retrain: (retrain_flow, {"max_minutes": max_minutes}),
         FlowName.loop: (loop_flow, {"max_minutes": max_minutes}),
         FlowName.watch_annotations: (watch_annotations_flow, {}),
+        FlowName.backup: (backup_flow, {}),
     }[name]
     fn, params = chosen
     if run_name:
@@ -53,7 +56,8 @@ def run_flow(
 def serve_flows() -> None:
     """Serve all deployments until Ctrl-C: prelabel every 30 s (inbox watch), the annotation count
     every minute, the loop nightly (BOOKCOUNTER_LOOP_CRON) and on each bookcounter.annotations.ready
-    event (enough new annotations, or "Start training"), collect/retrain on demand.
+    event (enough new annotations, or "Start training"), a backup nightly (BOOKCOUNTER_BACKUP_CRON,
+    into BOOKCOUNTER_BACKUP_DIR), collect/retrain on demand.
 
     Schedules need Prefect's scheduler, which the temporary (ephemeral) server does not run, so
     this first starts the Prefect server and UI in the background (as `bookcounter ui prefect`)."""

@@ -7,6 +7,7 @@ from prefect.events import DeploymentEventTrigger
 
 from bookcounter.events import ANNOTATIONS_READY, RESOURCE_PREFIX
 from bookcounter.settings import Settings
+from flows.backup import backup_flow
 from flows.loop import collect_flow, loop_flow, retrain_flow, watch_annotations_flow
 from flows.prelabel import prelabel_flow
 
@@ -32,6 +33,8 @@ def deployments(settings: Settings) -> list:
                                              description="Emit bookcounter.annotations.ready once enough new annotations arrived."),
         loop_flow.to_deployment(name="loop", cron=settings.loop_cron, triggers=[annotations_ready_trigger()],
                                 description="Collect, retrain and promote: nightly, and on bookcounter.annotations.ready."),
+        backup_flow.to_deployment(name="nightly", cron=settings.backup_cron,
+                                  description="Back up Label Studio, MLflow, datasets and decisions; keep the last K."),
         collect_flow.to_deployment(name="manual", description="Collect annotations into a new dataset version."),
         retrain_flow.to_deployment(name="manual", description="Train, evaluate and promote on the newest version."),
     ]

@@ -2,7 +2,8 @@
 
 - ``collect``: human annotations in Label Studio -> a new dataset version (no-op when nothing changed).
 - ``retrain``: train a candidate on the newest version, register it, promote or reject it
-  (skipped when that version already has a candidate; one at a time, by a lock).
+  (skipped when that version already has a judged candidate; a registered candidate that a
+  stopped run left unjudged is judged instead of trained again; one at a time, by a lock).
 - ``loop``: collect then retrain; started nightly, by hand, or by the Prefect event
   ``bookcounter.annotations.ready`` (the ``loop`` deployment's trigger, ``flows/deployments.py``).
 - ``watch-annotations``: every minute, the backstop of the ML backend's annotation webhook: counts
@@ -117,10 +118,14 @@ def retrain_flow(
             print("retrain: another retrain is running; this one exits")
             return None
         existing = [m for m in registry.versions() if m.dataset_version == version]
-        if existing:
+        if any(m.decision for m in existing):
             print(f"retrain: {version} already has candidate model version {existing[-1].version}; skipped")
             return None
-        candidate = register_task(train_task(version, max_minutes, recipe))
+        if existing:  # registered by a retrain that was stopped before its decision: judge that one
+            candidate = existing[-1].version
+            print(f"retrain: {version} has candidate model version {candidate} without a decision; judging it")
+        else:
+            candidate = register_task(train_task(version, max_minutes, recipe))
         decision = promote_task(candidate)
     create_markdown_artifact(_decision_markdown(decision), key="promotion-decision")
     print(f"retrain: model version {candidate}: {decision['decision']} ({decision['reason']})")

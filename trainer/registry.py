@@ -33,6 +33,7 @@ class ModelInfo:
     run_id: str
     dataset_version: str
     metrics: dict[str, float]
+    decision: str = ""  # "promoted" or "rejected" once trainer.promote has judged it, else ""
 
 
 def _client():
@@ -62,6 +63,7 @@ def _info(mv) -> ModelInfo:
         run_id=mv.run_id or "",
         dataset_version=mv.tags.get("dataset_version", ""),
         metrics=json.loads(mv.tags.get("metrics", "{}")),
+        decision=mv.tags.get("promotion.decision", ""),
     )
 
 
@@ -174,6 +176,40 @@ def tag_version(version: str, tags: dict[str, str]) -> None:
     name = get_settings().registered_model_name
     for k, v in tags.items():
         client.set_model_version_tag(name, str(version), k, v[:5000])
+
+
+# Where MLflow's SQLite schema keeps absolute artifact locations (columns absent in a version are skipped).
+_LOCATION_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("model_versions", "source"),
+    ("model_versions", "storage_location"),
+    ("logged_models", "artifact_location"),
+)
+
+
+def relocate_artifacts(old_state_dir: Path, settings: Settings) -> int:
+    """After a restore into another state dir: point MLflow's artifact locations (absolute
+    ``file://`` URIs in its database) at this state dir. Returns how many rows changed."""
+    import sqlite3
+
+    old = (Path(old_state_dir) / "mlflow" / "artifacts").as_uri()
+    new = (settings.mlflow_dir / "artifacts").as_uri()
+    db = settings.mlflow_dir / "mlflow.db"
+    if old == new or not db.is_file():
+        return 0
+    changed = 0
+    with sqlite3.connect(db) as con:
+        for table, column in _LOCATION_COLUMNS:
+            if column not in {row[1] for row in con.execute(f"PRAGMA table_info({table})")}:
+                continue
+            cur = con.execute(
+                f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE substr({column}, 1, ?) = ?",
+                (new, len(old) + 1, len(old), old),
+            )
+            changed += cur.rowcount
+    _clients.clear()
+    return changed
 
 
 def ui_server(settings: Settings) -> Server:
