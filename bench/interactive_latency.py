@@ -39,7 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bookcounter.images import sha256_bytes  # noqa: E402
-from bookcounter.settings import REPO_ROOT, get_settings  # noqa: E402
+from bookcounter.settings import REPO_ROOT, Settings, get_settings  # noqa: E402
 
 
 def free_port() -> int:
@@ -115,9 +115,8 @@ def main() -> None:
     settings = get_settings()
 
     from annotator.labelstudio.project import create_task, ensure_project, upload_photo
-    from annotator.labelstudio.server import start_server, stop_server
+    from annotator.labelstudio.server import start_server
     from annotator.ml_backend_server import start_backend
-
     from flows.services import services, status_lines
 
     load_before = os.getloadavg()
@@ -169,9 +168,10 @@ def main() -> None:
     print(f"click, embedding cached:    p50 {pct(cached, 50):7.1f} ms   p95 {pct(cached, 95):7.1f} ms   (targets p50 <= 50, p95 <= 120 ms)")
 
 
-def start_stack(settings) -> None:
+def start_stack(settings: Settings) -> None:
     """The rest of the demo's services, with their own starters: counting server, Prefect and MLflow UIs."""
-    from flows.prefect_server import make_home, start_ui as start_prefect_ui
+    from flows.prefect_server import make_home
+    from flows.prefect_server import start_ui as start_prefect_ui
     from serving.cli import start_in_background
     from trainer.registry import start_ui as start_mlflow_ui
 
