@@ -8,6 +8,10 @@ main thread decodes), and the latency of a click on a cached embedding.
 
     .venv/bin/python bench/prelabel_throughput.py                       # vit_t and vit_b
     .venv/bin/python bench/prelabel_throughput.py --model-types vit_t --photos 8
+    .venv/bin/python bench/prelabel_throughput.py --model-types vit_t --prompt-runtime torch   # before ONNX
+
+The prompt path (box prompts, clicks) runs on ONNX Runtime by default, as in the ML backend and
+pre-labelling (exported into a temp dir first); ``--prompt-runtime torch`` measures PyTorch.
 
 Photos are the open-shelves sample (640 px) when present, else synthetic 640 px images.
 Timings on a shared machine are noisy: run it when the machine is quiet and compare medians.
@@ -47,17 +51,24 @@ def boxes_for(image: Image.Image, n: int, rng: np.random.Generator) -> np.ndarra
     return np.stack([x0, y0, np.minimum(x0 + rng.uniform(15, 60, n), w), np.minimum(y0 + rng.uniform(100, 300, n), h)], 1)
 
 
-def run(model_type: str, n_photos: int, n_boxes: int, n_clicks: int, size: int) -> None:
+def run(model_type: str, n_photos: int, n_boxes: int, n_clicks: int, size: int, runtime: str, onnx_threads: int) -> None:
     from annotator.sam.build_sam import build_sam
+    from annotator.sam.onnx_decoder import load_onnx_decoder
     from annotator.sam.segmenter import Segmenter
 
     rng = np.random.default_rng(1)
     images = photos(n_photos, size)
     prompts = [boxes_for(im, n_boxes, rng) for im in images]
     sam = build_sam(model_type)
+    decoder = None
+    if runtime == "onnx":
+        with tempfile.TemporaryDirectory() as tmp:  # the session keeps the model in memory
+            decoder = load_onnx_decoder(sam, Path(tmp), f"{model_type}-random", onnx_threads)
+        if decoder is None:
+            raise SystemExit("ONNX export failed (see the log line above); --prompt-runtime torch measures PyTorch")
 
     # one after the other: encoder, then decoder, per photo (no cache: every photo is new)
-    seg = Segmenter(sam, model_type, "random", cache=None, memory_items=n_photos)
+    seg = Segmenter(sam, model_type, "random", cache=None, memory_items=n_photos, onnx_decoder=decoder)
     seg.predict_boxes(seg.embed(images[0], "warmup"), prompts[0])  # first-call allocations
     enc, dec, enc_cpu, dec_cpu = [], [], [], []
     for i, (im, bx) in enumerate(zip(images, prompts)):
@@ -78,7 +89,7 @@ def run(model_type: str, n_photos: int, n_boxes: int, n_clicks: int, size: int) 
         for i, im in enumerate(images):
             paths.append(Path(tmp) / f"{i}.png")
             im.save(paths[-1])
-        seg = Segmenter(sam, model_type, "random", cache=None, memory_items=n_photos)
+        seg = Segmenter(sam, model_type, "random", cache=None, memory_items=n_photos, onnx_decoder=decoder)
         t0 = time.perf_counter()
         worker = ThreadPoolExecutor(max_workers=1)
         done = worker.submit(seg.pre_encode, [(f"pipe{i}", p) for i, p in enumerate(paths)])
@@ -103,8 +114,10 @@ def run(model_type: str, n_photos: int, n_boxes: int, n_clicks: int, size: int) 
     e, d = statistics.median(enc), statistics.median(dec)
     ec, dc = statistics.median(enc_cpu), statistics.median(dec_cpu)
     p50, p95 = np.percentile(clicks, [50, 95]) * 1000
+    prompt_path = f"ONNX Runtime, {onnx_threads} threads" if decoder is not None else "PyTorch"
     print(
-        f"{model_type} ({'bf16' if seg.bf16 else 'fp32'}): encoder {e:.2f} s/photo ({ec:.2f} CPU-s), "
+        f"{model_type} ({'bf16' if seg.bf16 else 'fp32'} encoder; prompt path on {prompt_path}): "
+        f"encoder {e:.2f} s/photo ({ec:.2f} CPU-s), "
         f"decoder {d:.2f} s/photo ({dc:.2f} CPU-s; {n_boxes} boxes in batches of {seg.decoder_batch}) | "
         f"sequential {60 / (e + d):.1f} photos/min, pipelined {60 * n_photos / pipelined:.1f} photos/min "
         f"({n_photos} photos) | cached click p50 {p50:.0f} ms, p95 {p95:.0f} ms ({n_clicks} clicks)",
@@ -120,6 +133,8 @@ def main() -> None:
     ap.add_argument("--clicks", type=int, default=30)
     ap.add_argument("--size", type=int, default=640)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--prompt-runtime", choices=("onnx", "torch"), default="onnx", help="SAM prompt path (default onnx)")
+    ap.add_argument("--onnx-threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     args = ap.parse_args()
     import torch
 
@@ -130,7 +145,7 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall times grow with it; CPU-s much less)"
     )
     for model_type in args.model_types.split(","):
-        run(model_type, args.photos, args.boxes, args.clicks, args.size)
+        run(model_type, args.photos, args.boxes, args.clicks, args.size, args.prompt_runtime, args.onnx_threads)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -35,6 +36,10 @@ class Settings(BaseSettings):
     sam_model_type: str = Field("vit_t", description="vit_t (MobileSAM), vit_b, vit_l or vit_h.")
     sam_checkpoint: Path | None = Field(None, description="SAM checkpoint; else looked up in models_dir.")
     embedding_cache_mb: int = Field(2048, description="Size bound of the on-disk SAM embedding cache.")
+    sam_prompt_runtime: Literal["onnx", "torch"] = Field(
+        "onnx", description="Runs SAM's prompt encoder + mask decoder: onnx (ONNX Runtime, exported once) or torch."
+    )
+    sam_onnx_threads: int = Field(2, ge=1, description="ONNX Runtime intra-op threads for SAM's prompt path.")
 
     # --- Label Studio --------------------------------------------------------------------
     ls_host: str = "127.0.0.1"

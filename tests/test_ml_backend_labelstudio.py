@@ -189,6 +189,7 @@ def test_bad_input_gets_a_clear_answer_and_the_server_stays_up(
             (answer,) = r.json()["results"]
             assert answer["result"] == [] and message in answer["error"], (message, answer)
         assert http.post("/predict", json={"tasks": "nope"}).status_code == 422
+        assert "not JSON" in http.post("/predict", content=b"{tasks").json()["error"]
         assert http.post("/predict", json={"tasks": [good]}).json()["results"] == []  # no prompt: batch request
         assert http.get("/health").json()["status"] == "UP"
 

@@ -2,7 +2,8 @@
 
 Layout after ``segment_anything``: ``build_sam.py`` (builder registry for vit_t/b/l/h),
 ``modeling/`` (modules only: the TinyViT encoder of MobileSAM), ``segmenter.py`` (the one
-predictor class), ``embedding_cache.py``, ``checkpoints.py`` and ``auto_masks.py``.
+predictor class), ``embedding_cache.py``, ``checkpoints.py``, ``onnx_decoder.py`` (the prompt path on
+ONNX Runtime) and ``auto_masks.py``.
 """
 
 from __future__ import annotations
@@ -32,12 +33,16 @@ def load_segmenter(
     (tests and benchmarks: compute cost does not depend on the weights). Raises
     :class:`CheckpointError` for an unknown type or a checkpoint that is missing, corrupt or
     of another model type.
+
+    On CPU, SAM's prompt path runs on ONNX Runtime (``settings.sam_prompt_runtime``; exported
+    once into ``settings.models_dir``), falling back to PyTorch with a log line when that fails.
     """
     import torch
 
     from annotator.sam.build_sam import MODEL_TYPES, build_sam
     from annotator.sam.checkpoints import resolve_checkpoint
     from annotator.sam.embedding_cache import EmbeddingCache
+    from annotator.sam.onnx_decoder import load_onnx_decoder
     from bookcounter.images import sha256_file
     from bookcounter.settings import get_settings
 
@@ -59,4 +64,8 @@ def load_segmenter(
     sam = build_sam(model_type, path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     cache = EmbeddingCache(settings.embeddings_dir, settings.embedding_cache_mb * 1024 * 1024)
-    return Segmenter(sam.to(device), model_type, weights_id, cache)
+    namespace = f"{model_type}-{weights_id}"
+    onnx_decoder = None
+    if device == "cpu" and settings.sam_prompt_runtime == "onnx":
+        onnx_decoder = load_onnx_decoder(sam, settings.models_dir, namespace, settings.sam_onnx_threads)
+    return Segmenter(sam.to(device), model_type, weights_id, cache, onnx_decoder=onnx_decoder)

@@ -2,7 +2,8 @@
 
 The image embedding is computed once per photo (key = image sha256) and kept in a small
 in-memory LRU and the on-disk :class:`EmbeddingCache`; prompts then only run the prompt
-encoder and mask decoder. Masks stay at SAM's low resolution (256 x 256 logits) until the
+encoder and mask decoder, on ONNX Runtime when an :class:`~annotator.sam.onnx_decoder.OnnxDecoder`
+is given (else PyTorch). Masks stay at SAM's low resolution (256 x 256 logits) until the
 last step, which maps them straight to the original image size.
 
 All methods are safe to call from several threads at once (the ML backend serves concurrent
@@ -27,6 +28,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from annotator.sam.auto_masks import generate_book_masks
 from annotator.sam.embedding_cache import EmbeddingCache
+from annotator.sam.onnx_decoder import OnnxDecoder
 from bookcounter.errors import UserError
 from bookcounter.images import BadImage, read_image
 
@@ -63,6 +65,7 @@ class Segmenter:
         cache: EmbeddingCache | None = None,
         memory_items: int = 8,
         bf16: bool | None = None,
+        onnx_decoder: OnnxDecoder | None = None,
     ):
         self.sam = sam.eval()
         self.model_type = model_type
@@ -73,6 +76,7 @@ class Segmenter:
             bf16 = self.device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported()
         self.bf16 = bf16
         self.decoder_batch = DECODER_BATCH.get(self.device.type, DECODER_BATCH["cuda"])
+        self.onnx_decoder = onnx_decoder if self.device.type == "cpu" else None
         self.cache = cache
         self.memory_items = memory_items
         self.encoder_calls = 0
@@ -214,7 +218,13 @@ class Segmenter:
 
     @torch.inference_mode()
     def _decode(self, emb: Embedding, points=None, boxes=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """All four mask outputs: low-res logits ``(B, 4, 256, 256)`` and predicted IoU ``(B, 4)``."""
+        """All four mask outputs: low-res logits ``(B, 4, 256, 256)`` and predicted IoU ``(B, 4)``.
+
+        ``points`` = (coords ``(B, N, 2)``, labels ``(B, N)``) and ``boxes`` ``(B, 4)`` are in the
+        encoder's input frame (after :attr:`transform`).
+        """
+        if self.onnx_decoder is not None:
+            return self._decode_onnx(emb, points, boxes)
         with self._autocast():
             sparse, dense = self.sam.prompt_encoder(points=points, boxes=boxes, masks=None)
             logits, iou = self.sam.mask_decoder.predict_masks(
@@ -224,6 +234,24 @@ class Segmenter:
                 dense_prompt_embeddings=dense,
             )
         return logits, iou.float()
+
+    def _decode_onnx(self, emb: Embedding, points=None, boxes=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`_decode` on ONNX Runtime: prompts as SAM's ONNX model takes them (box = two corner
+        points labelled 2 and 3; without a box a padding point labelled -1, as ``PromptEncoder`` adds)."""
+        coords, labels = [], []
+        if points is not None:
+            coords.append(points[0].cpu().numpy())
+            labels.append(points[1].cpu().numpy())
+        if boxes is not None:
+            corners = boxes.cpu().numpy().reshape(-1, 2, 2)
+            coords.append(corners)
+            labels.append(np.broadcast_to(np.array([2, 3]), corners.shape[:2]))
+        else:
+            b = coords[0].shape[0]
+            coords.append(np.zeros((b, 1, 2), np.float32))
+            labels.append(np.full((b, 1), -1))
+        logits, iou = self.onnx_decoder(emb.features.numpy(), np.concatenate(coords, 1), np.concatenate(labels, 1))
+        return torch.from_numpy(logits), torch.from_numpy(iou)
 
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
