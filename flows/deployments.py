@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import serve
 
 from bookcounter.settings import Settings
+from flows.count_folder import count_folder_flow
 from flows.loop import collect_flow, loop_flow, retrain_flow, watch_annotations_flow
 from flows.prelabel import prelabel_flow
 
@@ -22,6 +23,8 @@ def deployments(settings: Settings) -> list:
                                 description="Collect, retrain and promote on a schedule (or by hand)."),
         collect_flow.to_deployment(name="manual", description="Collect annotations into a new dataset version."),
         retrain_flow.to_deployment(name="manual", description="Train, evaluate and promote on the newest version."),
+        count_folder_flow.to_deployment(name="manual", description="Count the books in a folder of photos into a CSV "
+                                        "(on Dask with BOOKCOUNTER_DASK_ADDRESS)."),
     ]
 
 
