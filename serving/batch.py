@@ -311,6 +311,6 @@ class Tally:
         rate = self.counted / self.seconds if self.seconds > 0 else 0.0
         skipped = f", {self.skipped} skipped (already in {out}" + (
             f", {self.skipped_failed} of them failed)" if self.skipped_failed else ")")
-        return (f"{self.books} books in {self.counted + self.skipped} photos: {self.counted} counted, "
+        return (f"{self.books} books in {self.counted + self.failed + self.skipped} photos: {self.counted} counted, "
                 f"{self.failed} failed{skipped if self.skipped else ''} in {self.seconds:.1f} s "
                 f"({rate:.2f} photos/s) -> {out}")
