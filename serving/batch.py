@@ -177,44 +177,52 @@ class Results:
         self.path, self.format = Path(path), fmt
         self.done: dict[tuple[str, str], str] = {}
         self.books: dict[tuple[str, str], int] = {}
-        text = self._read_repaired()
-        for row in self._rows(text):
-            self._note(row)
+        has_rows = self._cut_partial_line()
+        if has_rows:
+            for row in self._rows():
+                self._note(row)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if fmt == "csv" and not text:
+        if fmt == "csv" and not has_rows:
             self._write_line(",".join(CSV_COLUMNS) + "\n")
 
-    def _read_repaired(self) -> str:
-        """The file's whole lines; a partial last line (a kill inside the one write of a row) is cut off."""
+    def _cut_partial_line(self) -> bool:
+        """Cut off a partial last line (a kill inside the one write of a row); True if whole lines remain."""
         if not self.path.is_file():
-            return ""
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            data = data[: data.rfind(b"\n") + 1]
-            with open(self.path, "rb+") as f:
-                f.truncate(len(data))
-                os.fsync(f.fileno())
-        return data.decode("utf-8")
+            return False
+        with open(self.path, "rb+") as f:
+            size = pos = f.seek(0, os.SEEK_END)
+            while pos > 0:  # back from the end, a block at a time, to the last newline
+                step = min(1 << 16, pos)
+                pos -= step
+                f.seek(pos)
+                block = f.read(step)
+                if pos + step == size and block.endswith(b"\n"):
+                    return True
+                if (i := block.rfind(b"\n")) >= 0:
+                    pos += i + 1
+                    break
+            f.truncate(pos)
+            os.fsync(f.fileno())
+            return pos > 0
 
-    def _rows(self, text: str) -> Iterator[Row]:
-        if not text:
-            return
-        if self.format == "csv":
-            reader = csv.DictReader(io.StringIO(text))
-            if reader.fieldnames != CSV_COLUMNS:
-                raise UserError(f"{self.path}: not a CSV written by 'bookcounter count' (its header differs); "
-                                "choose another --out")
-            for rec in reader:
-                yield Row(rec["path"], rec["sha256"], _int(rec["count"]), rec["model_version"], error=rec["error"])
-            return
-        for n, line in enumerate(text.splitlines(), 1):
-            try:
-                rec = json.loads(line)
-                yield Row(rec["path"], rec["sha256"], rec["count"], rec["model_version"], error=rec["error"])
-            except (ValueError, KeyError, TypeError):
-                raise UserError(f"{self.path}:{n}: not a JSON line written by 'bookcounter count --format json'; "
-                                "choose another --out") from None
+    def _rows(self) -> Iterator[Row]:
+        with open(self.path, encoding="utf-8", newline="") as f:
+            if self.format == "csv":
+                reader = csv.DictReader(f)
+                if reader.fieldnames != CSV_COLUMNS:
+                    raise UserError(f"{self.path}: not a CSV written by 'bookcounter count' (its header differs); "
+                                    "choose another --out")
+                for rec in reader:
+                    yield Row(rec["path"], rec["sha256"], _int(rec["count"]), rec["model_version"], error=rec["error"])
+                return
+            for n, line in enumerate(f, 1):
+                try:
+                    rec = json.loads(line)
+                    yield Row(rec["path"], rec["sha256"], rec["count"], rec["model_version"], error=rec["error"])
+                except (ValueError, KeyError, TypeError):
+                    raise UserError(f"{self.path}:{n}: not a JSON line written by 'bookcounter count --format json'; "
+                                    "choose another --out") from None
 
     def _note(self, row: Row) -> None:
         self.done[row.key] = row.error
