@@ -22,7 +22,7 @@ BOOKCOUNTER = Path(sys.executable).with_name("bookcounter")
 
 
 def run_count(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BOOKCOUNTER), "count", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+    return subprocess.run([str(BOOKCOUNTER), "count", *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
