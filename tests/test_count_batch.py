@@ -12,7 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cloudpickle
 import pytest
+from distributed.diagnostics.plugin import WorkerPlugin
 from fixtures_trainer import synthetic_photo
 from PIL import Image
 
@@ -142,3 +144,43 @@ def test_count_folder_flow_on_a_dask_local_cluster_gives_the_cli_counts(
 
     again = count_folder_flow(paths=[str(shelf)], out=str(out), recursive=True)  # Prefect's thread pool this time
     assert again["skipped"] == 7 and again["counted"] == 0 and len(read_csv(out)) == 7
+
+
+class DieOnFirstTask(WorkerPlugin):
+    """A Dask worker plugin: the first worker to start a task dies on the spot (once per test)."""
+
+    name = "die-on-first-task"
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def transition(self, key: object, start: str, finish: str, **kwargs: object) -> None:
+        if finish == "executing":
+            try:
+                os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+            os._exit(1)
+
+
+def test_a_worker_that_dies_mid_batch_has_its_photo_counted_elsewhere_once(
+    cli_rows, shelf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distributed import Client, LocalCluster
+
+    from flows.count_folder import DASK_ADDRESS_ENV, count_folder_flow, task_runner
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    marker = tmp_path / "a-worker-died"
+    out = tmp_path / "flow.csv"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with Client(cluster) as client:
+            client.register_plugin(DieOnFirstTask(str(marker)))
+        monkeypatch.setenv(DASK_ADDRESS_ENV, cluster.scheduler_address)
+        summary = count_folder_flow.with_options(task_runner=task_runner())(paths=[str(shelf)], out=str(out), recursive=True)
+    assert marker.is_file()  # a worker did die with a photo in hand
+    _, cli = cli_rows
+    rows = read_csv(out)
+    assert sorted(r["sha256"] for r in rows) == sorted(r["sha256"] for r in cli)  # each photo once
+    assert {r["sha256"]: r["count"] for r in rows} == {r["sha256"]: r["count"] for r in cli}
+    assert summary["counted"] == 6 and summary["failed"] == 1
