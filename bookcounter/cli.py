@@ -19,7 +19,7 @@ from annotator.cli import collect_command, dataset_app, labelstudio_app, prelabe
 from annotator.ml_backend_server import ml_backend_app
 from bookcounter.errors import UserError
 from flows.cli import demo, flows_app, status_command, stop_command, ui_prefect
-from serving.cli import serve
+from serving.cli import count_command, serve
 from trainer.cli import evaluate_command, mlflow_ui, promote_command, registry_app, train_command
 from trainer.registry import load_predictor
 
@@ -39,6 +39,7 @@ app.command()(demo)
 app.command("status")(status_command)
 app.command("stop")(stop_command)
 app.command()(serve)
+app.command("count")(count_command)
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.command("promote")(promote_command)

@@ -21,6 +21,7 @@ class FlowName(str, Enum):
     loop = "loop"
     watch_annotations = "watch-annotations"
     backup = "backup"
+    count_folder = "count-folder"
 
 
 @flows_app.command("run")
@@ -29,12 +30,15 @@ def run_flow(
     max_minutes: float | None = typer.Option(None, help="retrain/loop: training time budget in minutes."),
     inbox: str | None = typer.Option(None, help="prelabel: the inbox folder (default var/inbox)."),
     run_name: str | None = typer.Option(None, help="Name of the flow run shown in the Prefect UI."),
+    photos: list[str] | None = typer.Option(None, "--photos", help="count-folder: a photo or folder (repeat for more)."),
+    out: str = typer.Option("counts.csv", help="count-folder: the results file (as `bookcounter count --out`)."),
 ) -> None:
     """Run one flow now, in this process (it shows up in the Prefect UI like a scheduled run)."""
     from flows.prefect_server import configure_prefect
 
     configure_prefect(get_settings())
     from flows.backup import backup_flow
+    from flows.count_folder import count_folder_flow
     from flows.loop import collect_flow, loop_flow, retrain_flow, watch_annotations_flow
     from flows.prelabel import prelabel_flow
 
@@ -45,6 +49,7 @@ def run_flow(
         FlowName.loop: (loop_flow, {"max_minutes": max_minutes}),
         FlowName.watch_annotations: (watch_annotations_flow, {}),
         FlowName.backup: (backup_flow, {}),
+        FlowName.count_folder: (count_folder_flow, {"paths": photos or [], "out": out}),
     }[name]
     fn, params = chosen
     if run_name:

@@ -8,6 +8,7 @@ from prefect.events import DeploymentEventTrigger
 from bookcounter.events import ANNOTATIONS_READY, RESOURCE_PREFIX
 from bookcounter.settings import Settings
 from flows.backup import backup_flow
+from flows.count_folder import count_folder_flow
 from flows.loop import collect_flow, loop_flow, retrain_flow, watch_annotations_flow
 from flows.prelabel import prelabel_flow
 
@@ -37,6 +38,8 @@ def deployments(settings: Settings) -> list:
                                   description="Back up Label Studio, MLflow, datasets and decisions; keep the last K."),
         collect_flow.to_deployment(name="manual", description="Collect annotations into a new dataset version."),
         retrain_flow.to_deployment(name="manual", description="Train, evaluate and promote on the newest version."),
+        count_folder_flow.to_deployment(name="manual", description="Count the books in a folder of photos into a CSV "
+                                        "(on Dask with BOOKCOUNTER_DASK_ADDRESS)."),
     ]
 
 

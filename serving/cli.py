@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import shlex
 import socket
 import sys
 from pathlib import Path
@@ -55,6 +56,50 @@ def serve(
     if s.api_key and s.api_key.get_secret_value():
         typer.echo(f"API key required (BOOKCOUNTER_API_KEY); open the page as http://{host}:{port}/?key=KEY")
     uvicorn.run(create_app(s), host=host, port=port, log_level="info")
+
+
+def count_command(
+    paths: list[Path] = typer.Argument(..., metavar="PATH...", help="Photos and/or folders of photos."),
+    out: Path | None = typer.Option(None, "--out", help="Results file, appended to (default counts.csv, or "
+                                    "counts.jsonl with --format json)."),
+    fmt: str = typer.Option("csv", "--format", help="csv: one row per photo; json: JSON lines with the "
+                            "instances (score, bbox, mask RLE) as well."),
+    overlays: Path | None = typer.Option(None, "--overlays", help="Also write each photo's annotated PNG "
+                                         "(as ?overlay=1) into this folder."),
+    model: str = typer.Option("champion", "--model", help="'champion' or a registered version number."),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="Look for photos in subfolders too."),
+) -> None:
+    """Count the books in many photos into a CSV (or JSON lines): one row per photo with path, sha256,
+    count, model version, threshold, width, height, seconds and an error column.
+
+    Photos are counted exactly as POST /count counts them. Resumable: re-running with the same --out
+    skips the photos already counted by the same model version (by sha256) and appends the rest;
+    a kill loses at most the photo in flight. A bad photo is a row with its reason and never stops
+    the batch; the exit status is 1 if any photo failed.
+    """
+    from serving.batch import FORMATS, Results, Tally, count_all, find_photos, load_model, resolve_model
+
+    if fmt not in FORMATS:
+        raise UserError(f"unknown --format {fmt!r}: choose csv or json")
+    settings = get_settings()
+    out = out or Path("counts.jsonl" if fmt == "json" else "counts.csv")
+    photos = find_photos(paths, recursive)
+    model_dir, info = resolve_model(model)
+    with Results(out, fmt) as results:
+        typer.echo(f"{len(photos)} photos, model version {info.version}; results -> {out}", err=True)
+        loaded = load_model(model_dir, info)
+        tally = Tally()
+        try:
+            count_all(photos, loaded, results, settings, tally, overlays)
+        except KeyboardInterrupt:
+            typer.echo(tally.line(out), err=True)
+            again = shlex.join(["bookcounter", *sys.argv[1:]])
+            typer.secho(f"interrupted: every finished photo is saved in {out}; resume with: {again}",
+                        fg="yellow", err=True)
+            raise typer.Exit(130) from None
+    typer.echo(tally.line(out))
+    if tally.any_failed:
+        raise typer.Exit(1)
 
 
 def exposure_warning(host: str, has_key: bool) -> str | None:

@@ -82,6 +82,55 @@ def test_page_counts_an_uploaded_photo_and_draws_its_masks(served_champion: Serv
     page.close()
 
 
+def test_page_counts_several_photos_into_a_table_with_a_total_and_a_csv(served_champion: Served, browser, tmp_path: Path) -> None:
+    import csv
+
+    import httpx
+
+    paths = []
+    for seed, books in [(21, 3), (22, 5)]:
+        paths.append(tmp_path / f"shelf-{seed}.png")
+        synthetic_photo(seed, books)[0].resize((192, 192), Image.Resampling.NEAREST).save(paths[-1])
+    paths.insert(1, tmp_path / "broken.jpg")
+    paths[1].write_bytes(b"this is not a photo")
+    expected = [httpx.post(f"{served_champion.url}/count", files={"image": (p.name, p.read_bytes())}, timeout=60) for p in paths]
+    assert [r.status_code for r in expected] == [200, 400, 200]
+    counts = [expected[0].json()["count"], None, expected[2].json()["count"]]
+
+    page = browser.new_page(viewport={"width": 900, "height": 900}, accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{served_champion.url}/")
+    page.set_input_files("#file-input", [str(p) for p in paths])
+    page.wait_for_selector("#batch[data-done='true']", timeout=60_000)
+
+    assert page.locator("#result").is_hidden()  # the one-photo view stays out of the way
+    rows = page.locator("#batch-table tbody tr")
+    assert rows.count() == 3
+    assert [rows.nth(i).locator("td.name").inner_text() for i in range(3)] == [p.name for p in paths]
+    assert [rows.nth(i).locator("td.books").inner_text() for i in range(3)] == [str(counts[0]), "-", str(counts[2])]
+    assert "not an image" in rows.nth(1).locator("td.note").inner_text()
+    assert rows.nth(1).get_attribute("class") == "failed"
+    shown = page.evaluate("[...document.querySelectorAll('#batch-table img.thumb')].map(i => i.naturalWidth)")
+    assert shown[0] == shown[2] == 192 and shown[1] == 0  # thumbnails of the photos; none for the bad file
+    assert page.inner_text("#batch-total") == str(counts[0] + counts[2])
+    assert (page.inner_text("#batch-done"), page.inner_text("#batch-photos")) == ("3", "3")
+    assert "1 photo could not be counted" in page.inner_text("#batch-details")
+
+    with page.expect_download() as download:
+        page.click("#download-csv")
+    with open(download.value.path(), newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [(r["photo"], r["count"]) for r in table] == [(p.name, "" if c is None else str(c)) for p, c in zip(paths, counts)]
+    assert "not an image" in table[1]["error"] and table[0]["model_version"] == served_champion.app.state.slot.current.version
+
+    page.set_input_files("#file-input", str(paths[0]))  # one photo again: the one-photo view as before
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    assert page.locator("#batch").is_hidden() and page.inner_text("#count") == str(counts[0])
+    assert not errors, errors
+    page.close()
+
+
 def test_page_without_a_champion_says_how_to_train_one(settings, browser) -> None:
     from serving.app import create_app
 

@@ -1,4 +1,5 @@
-// bookcounter page: send a photo to POST /count, draw the masks it answers, show the count.
+// bookcounter page: send a photo to POST /count, draw the masks it answers, show the count;
+// several photos at once: a table of thumbnails and counts, a running total and a CSV download.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -134,6 +135,7 @@ function showError(message) {
 
 async function countPhoto(file) {
   if (!file) return;
+  $("batch").hidden = true;
   $("error").hidden = true;
   setBusy(true);
   $("details").textContent = "counting...";
@@ -163,6 +165,110 @@ async function countPhoto(file) {
   }
 }
 
+// --- many photos at once ----------------------------------------------------------------------
+function handleFiles(files) {
+  const list = Array.from(files || []);
+  if (list.length === 1) {
+    $("batch").hidden = true;
+    countPhoto(list[0]);
+  } else if (list.length > 1) {
+    countMany(list);
+  }
+}
+
+function cell(tr, className, content) {
+  const td = document.createElement("td");
+  td.className = className;
+  if (content instanceof Node) td.appendChild(content); else td.textContent = content;
+  tr.appendChild(td);
+  return td;
+}
+
+async function countMany(files) {
+  $("error").hidden = true;
+  $("result").hidden = true;
+  setBusy(true);
+  $("batch").dataset.done = "false";
+  const body = $("batch-table").tBodies[0];
+  body.replaceChildren();
+  const rows = files.map((file, i) => {
+    const row = { file, name: file.name || `photo-${i + 1}`, count: null, error: "", model_version: "", width: "", height: "" };
+    row.tr = document.createElement("tr");
+    const img = document.createElement("img");
+    img.className = "thumb";
+    img.alt = row.name;
+    img.src = URL.createObjectURL(file);
+    img.addEventListener("error", () => { img.hidden = true; });
+    cell(row.tr, "thumb-cell", img);
+    cell(row.tr, "name", row.name);
+    row.books = cell(row.tr, "books", "...");
+    row.note = cell(row.tr, "note", "");
+    body.appendChild(row.tr);
+    return row;
+  });
+  state.batch = rows;
+  $("batch-photos").textContent = rows.length;
+  $("batch").hidden = false;
+  updateTotal(rows);
+  let next = 0;
+  const worker = async () => {   // two photos in flight, so the server's cores stay busy
+    while (next < rows.length) {
+      const row = rows[next++];
+      await countRow(row);
+      updateTotal(rows);
+    }
+  };
+  await Promise.all([worker(), worker()]);
+  setBusy(false);
+  $("download-csv").disabled = false;
+  $("batch").dataset.done = "true";
+}
+
+async function countRow(row) {
+  try {
+    const form = new FormData();
+    form.append("image", row.file, row.name);
+    const res = await fetch("/count", { method: "POST", body: form });
+    const body = await res.json().catch(() => ({ detail: `HTTP ${res.status}` }));
+    if (res.ok) {
+      Object.assign(row, { count: body.count, model_version: body.model_version, width: body.width, height: body.height });
+    } else {
+      row.error = body.detail || `HTTP ${res.status}`;
+      if (res.status === 503) refreshModel();
+    }
+  } catch (e) {
+    row.error = `could not count this photo: ${e.message || e}`;
+  }
+  row.books.textContent = row.error ? "-" : row.count;
+  row.note.textContent = row.error || `model v${row.model_version} \u00b7 ${row.width}\u00d7${row.height} px`;
+  row.tr.classList.toggle("failed", Boolean(row.error));
+}
+
+function updateTotal(rows) {
+  const finished = rows.filter((r) => r.count !== null || r.error);
+  const failed = rows.filter((r) => r.error).length;
+  $("batch-total").textContent = rows.reduce((n, r) => n + (r.count || 0), 0);
+  $("batch-done").textContent = finished.length;
+  $("batch-details").textContent = failed ? `${failed} photo${failed === 1 ? "" : "s"} could not be counted` : "";
+}
+
+function csvField(value) {
+  const s = String(value ?? "");
+  return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
+}
+
+function downloadCsv() {
+  const lines = [["photo", "count", "model_version", "width", "height", "error"].join(",")];
+  for (const r of state.batch || []) {
+    lines.push([r.name, r.count ?? "", r.model_version, r.width, r.height, r.error].map(csvField).join(","));
+  }
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv" }));
+  link.download = "counts.csv";
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+}
+
 // --- camera on laptops (getUserMedia needs https or localhost; phones use <input capture>) ---
 let stream = null;
 async function openWebcam() {
@@ -189,7 +295,8 @@ function snap() {
 }
 
 // --- wiring ---------------------------------------------------------------------------------
-$("file-input").addEventListener("change", (e) => countPhoto(e.target.files[0]));
+$("file-input").addEventListener("change", (e) => handleFiles(e.target.files));
+$("download-csv").addEventListener("click", downloadCsv);
 $("camera-input").addEventListener("change", (e) => countPhoto(e.target.files[0]));
 if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
   $("webcam-button").hidden = false;
@@ -200,7 +307,7 @@ if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
 const zone = $("drop-zone");
 ["dragenter", "dragover"].forEach((t) => zone.addEventListener(t, (e) => { e.preventDefault(); zone.classList.add("dragging"); }));
 ["dragleave", "drop"].forEach((t) => zone.addEventListener(t, () => zone.classList.remove("dragging")));
-zone.addEventListener("drop", (e) => { e.preventDefault(); countPhoto(e.dataTransfer.files[0]); });
+zone.addEventListener("drop", (e) => { e.preventDefault(); handleFiles(e.dataTransfer.files); });
 $("masks").addEventListener("mousemove", showTooltip);
 $("masks").addEventListener("click", showTooltip);
 $("masks").addEventListener("mouseleave", () => { $("tooltip").hidden = true; });
