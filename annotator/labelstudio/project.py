@@ -98,6 +98,12 @@ def create_task(settings: Settings, project_id: int, data: dict[str, Any], predi
         return ids[0] if ids else _find_task(ls, project_id, sha)
 
 
+def update_task_data(settings: Settings, task_id: int, data: dict[str, Any]) -> None:
+    """Replace one task's ``data`` (PATCH of the task): its annotations and predictions stay as they are."""
+    with api_errors(settings, f"update task {task_id}"):
+        client(settings).tasks.update(id=str(task_id), data=data)
+
+
 def _find_task(ls: LabelStudio, project_id: int, sha: str) -> int | None:
     query = json.dumps(
         {
@@ -111,6 +117,12 @@ def _find_task(ls: LabelStudio, project_id: int, sha: str) -> int | None:
         if (t.data or {}).get("sha256") == sha:
             return t.id
     return None
+
+
+def latest_submitted(task: dict[str, Any]) -> dict[str, Any] | None:
+    """The task's latest annotation that a person submitted (cancelled/skipped ones do not count)."""
+    submitted = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    return max(submitted, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a["id"]), default=None)
 
 
 def fetch_photo(settings: Settings, url: str) -> bytes:
