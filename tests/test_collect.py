@@ -103,7 +103,7 @@ def test_prelabel_recall_and_precision_are_recorded_per_version(ls_settings: Set
     tasks = {t["data"]["file_name"]: t for t in (x.dict() for x in ls.tasks.list(project=ensure_project(ls_settings), fields="all"))}
     shown = {name: t["predictions"][0]["result"] for name, t in tasks.items()}
     n = {name: len(r) for name, r in shown.items()}
-    assert min(n.values()) >= 3
+    assert min(n.values()) >= 2
     ls.annotations.create(id=tasks["q0.jpg"]["id"], result=shown["q0.jpg"])  # the pre-label, unchanged
     ls.annotations.create(id=tasks["q1.jpg"]["id"], result=shown["q1.jpg"][1:])  # one pre-label mask deleted
     added = brush_result(disc(80, 8, 5))  # a book the pre-label missed, and one mask deleted

@@ -132,10 +132,15 @@ def fetch_photo(settings: Settings, url: str) -> bytes:
 
 
 def export_snapshot(settings: Settings, project_id: int, timeout: float = 300.0) -> list[dict[str, Any]]:
-    """All tasks with annotations, through an export snapshot (create, wait, download JSON)."""
+    """All tasks with annotations and their predictions in full, through an export snapshot
+    (create, wait, download JSON)."""
     ls = client(settings, timeout=timeout)
     with api_errors(settings, f"export project {project_id}"):
-        snap = ls.projects.exports.create(id=project_id, title=f"bookcounter collect {time.strftime('%Y%m%dT%H%M%S')}")
+        snap = ls.projects.exports.create(
+            id=project_id,
+            title=f"bookcounter collect {time.strftime('%Y%m%dT%H%M%S')}",
+            serialization_options={"predictions": {"only_id": False}},  # the pre-labels, not just their ids
+        )
         deadline = time.monotonic() + timeout
         while snap.status not in ("completed", "failed"):
             if time.monotonic() > deadline:
