@@ -184,16 +184,70 @@ def prelabel_command(champion: DetectorProvider) -> Callable[..., None]:
     return prelabel_photos
 
 
-def collect_command() -> None:
-    """Write the annotations submitted in Label Studio as a new dataset version.
+def collect_command(champion: DetectorProvider) -> Callable[..., None]:
+    """The ``collect`` command; ``champion`` recounts the tasks it has not counted yet."""
 
-    Only the latest submitted annotation of each task counts (not predictions, drafts or
-    skipped tasks); brush masks are kept pixel for pixel. Nothing new: no new version.
-    """
-    from annotator.collect import collect
+    def collect_annotations() -> None:
+        """Write the annotations submitted in Label Studio as a new dataset version.
 
-    result = collect()
-    if result is None:
-        console.print("nothing new in Label Studio: no new dataset version")
-        return
-    console.print(f"created [bold]{result.version.name}[/]  {_summary(result.version.manifest())}")
+        Only the latest submitted annotation of each task counts (not predictions, drafts or
+        skipped tasks); brush masks are kept pixel for pixel. Nothing new: no new version.
+        Also writes each task's count fields (predicted_count, annotated_count, count_gap) and
+        records how good the pre-labels were (recall, precision) in the version's report.
+        """
+        from annotator.collect import collect
+
+        result = collect(champion=champion)
+        if result is None:
+            console.print("nothing new in Label Studio: no new dataset version")
+            return
+        console.print(f"created [bold]{result.version.name}[/]  {_summary(result.version.manifest())}")
+        q = result.report.get("prelabel_quality") or {}
+        if q.get("photos"):
+            console.print(f"pre-labels of {q['photos']} photo(s): {_quality_line(q)}")
+
+    return collect_annotations
+
+
+def _quality_line(q: dict) -> str:
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.0f} %"
+
+    return (
+        f"recall {pct(q['recall'])} ({q['matched']} of {q['human_masks']} human masks found), "
+        f"precision {pct(q['precision'])} ({q['matched']} of {q['prelabel_masks']} pre-label masks kept)"
+    )
+
+
+def review_command(champion: DetectorProvider) -> Callable[..., None]:
+    """The ``review`` command, with the champion from ``champion``."""
+
+    def review_counts(
+        min_gap: int = typer.Option(2, "--min-gap", min=0, help="Show photos whose counts differ by at least this much."),
+    ) -> None:
+        """Photos where the champion's count and the annotator's differ, largest gap first.
+
+        Runs the champion on every annotated photo. A "likely miss" is a confident champion
+        detection that no human mask overlaps (IoU < 0.3): a book the annotator may have
+        skipped; such photos are listed whatever their gap. Each row links to the task in
+        Label Studio; the project's tab "Review: counts disagree" shows the same tasks.
+        """
+        from annotator.count_review import review
+
+        detector = champion()
+        if detector is None:
+            console.print("[yellow]no champion yet:[/] counts and likely misses need one; showing annotated counts only")
+        rows = review(get_settings(), detector, min_gap)
+        if not rows:
+            console.print(f"no annotated photo with a count gap of {min_gap} or more, and no likely miss")
+            return
+        table = Table("task", "photo", "predicted", "annotated", "gap", "likely misses", "link")
+        for r in rows:
+            misses = ", ".join(f"{s:.2f} at x {b[0]:.0f}-{b[2]:.0f}, y {b[1]:.0f}-{b[3]:.0f}" for s, b in r.misses)
+            table.add_row(
+                str(r.task_id), r.file_name, "-" if r.predicted is None else str(r.predicted), str(r.annotated),
+                "-" if r.gap is None else f"{r.gap:+d}", misses or "-", r.url,
+            )
+        console.print(table)
+
+    return review_counts

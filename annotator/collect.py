@@ -6,6 +6,16 @@ is decoded pixel for pixel and polygons (percent coordinates) are rasterised; bo
 as pycocotools RLE. The image stored is the very file Label Studio showed (an upright copy),
 so masks and pixels line up. Provenance (project, task and annotation ids) goes into the
 manifest. When the content equals a version already stored, nothing is written.
+
+Pre-label quality: for each annotated task that had a pre-label (its prediction shown to the
+annotator), the human masks and the pre-label masks are matched one to one, greedily by IoU
+(pycocotools ``iou`` on the RLEs; the highest-IoU pair first, each mask used once), at IoU >=
+:data:`MATCH_IOU`. Recall = matched / human masks (books the pre-label found); precision =
+matched / pre-label masks (pre-label masks the annotator kept). Totals and per task go into the
+version's ``report["prelabel_quality"]``.
+
+The count fields of the tasks (``annotated_count``, ``count_gap``; ``predicted_count`` when a
+champion is given) are written back on the way (:mod:`annotator.count_review`).
 """
 
 from __future__ import annotations
@@ -17,41 +27,46 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
+import numpy as np
 from tqdm import tqdm
 
+from annotator.count_review import write_counts
 from annotator.labelstudio.client import api_errors, client
 from annotator.labelstudio.label_config import IMAGE
-from annotator.labelstudio.mask_codec import result_mask
-from annotator.labelstudio.project import ensure_project, export_snapshot, fetch_photo
+from annotator.labelstudio.mask_codec import annotation_masks
+from annotator.labelstudio.project import ensure_project, export_snapshot, fetch_photo, latest_submitted
 from bookcounter import masks
 from bookcounter.dataset_store import CommitResult, DatasetStore, NewImage
+from bookcounter.detector import DetectorProvider
 from bookcounter.images import BadImage, decode_image
 from bookcounter.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-
-def latest_submitted(task: dict[str, Any]) -> dict[str, Any] | None:
-    """The task's latest annotation that a person submitted (cancelled/skipped ones do not count)."""
-    submitted = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-    return max(submitted, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a["id"]), default=None)
+MATCH_IOU = 0.5  # a pre-label mask and a human mask are the same book at this IoU or more
 
 
-def collect(settings: Settings | None = None) -> CommitResult | None:
-    """Write a new dataset version from the submitted annotations; None when nothing is new."""
+def collect(settings: Settings | None = None, champion: DetectorProvider | None = None) -> CommitResult | None:
+    """Write a new dataset version from the submitted annotations; None when nothing is new.
+
+    ``champion`` (when given) recounts the tasks it has not counted yet (``predicted_count``).
+    """
     settings = settings or get_settings()
     project_id = ensure_project(settings)
     tasks = export_snapshot(settings, project_id)
     report: Counter = Counter()
+    quality: dict[int, dict[str, int]] = {}
     items = []
     for task in tqdm(tasks, desc="collecting", unit="task", leave=False):
         annotation = latest_submitted(task)
         if annotation is None:
             report["tasks_without_submitted_annotation"] += 1
             continue
-        item = _new_image(settings, project_id, task, annotation, report)
+        item = _new_image(settings, project_id, task, annotation, report, quality)
         if item is not None:
             items.append(item)
+    annotated = {item.provenance["label_studio_task"]: len(item.masks) for item in items}
+    write_counts(settings, project_id, annotated, champion() if champion is not None else None)
     if not items:
         log.info("collect: no submitted annotations in project %s", project_id)
         return None
@@ -59,13 +74,60 @@ def collect(settings: Settings | None = None) -> CommitResult | None:
     result = store.commit(
         items,
         source={"name": "label-studio", "url": settings.ls_url, "project": project_id},
-        report=dict(report),
+        report={**report, "prelabel_quality": prelabel_quality_report(quality)},
     )
     return result if result.created else None
 
 
+def shown_prelabel(task: dict[str, Any], annotation: dict[str, Any]) -> dict[str, Any] | None:
+    """The prediction the annotator started from: the latest one made before the annotation."""
+    made = [p for p in task.get("predictions") or [] if p.get("result")]
+    before = [p for p in made if (p.get("created_at") or "") <= (annotation.get("created_at") or "~")]
+    return max(before or made, key=lambda p: (p.get("created_at") or "", p.get("id") or 0), default=None)
+
+
+def match_masks(human: list[masks.RLE], prelabel: list[masks.RLE], min_iou: float = MATCH_IOU) -> int:
+    """How many one-to-one pairs (greedy, highest IoU first) have IoU >= ``min_iou``."""
+    ious = masks.iou(prelabel, human)
+    used_p, used_h, matched = set(), set(), 0
+    for flat in np.argsort(-ious, axis=None):
+        p, h = divmod(int(flat), len(human))
+        if ious[p, h] < min_iou:
+            break
+        if p not in used_p and h not in used_h:
+            used_p.add(p)
+            used_h.add(h)
+            matched += 1
+    return matched
+
+
+def prelabel_quality_report(quality: dict[int, dict[str, int]]) -> dict[str, Any]:
+    """Totals (recall and precision over all masks) and per task, of the pre-labels annotators saw."""
+    human = sum(q["human"] for q in quality.values())
+    shown = sum(q["prelabel"] for q in quality.values())
+    matched = sum(q["matched"] for q in quality.values())
+    return {
+        "photos": len(quality),
+        "human_masks": human,
+        "prelabel_masks": shown,
+        "matched": matched,
+        "recall": matched / human if human else None,
+        "precision": matched / shown if shown else None,
+        "match": f"one-to-one, greedy by IoU, IoU >= {MATCH_IOU}",
+        "per_task": {
+            str(t): {
+                **q,
+                "recall": q["matched"] / q["human"] if q["human"] else None,
+                "precision": q["matched"] / q["prelabel"] if q["prelabel"] else None,
+            }
+            for t, q in sorted(quality.items())
+        },
+    }
+
+
 def _new_image(
-    settings: Settings, project_id: int, task: dict[str, Any], annotation: dict[str, Any], report: Counter
+    settings: Settings, project_id: int, task: dict[str, Any], annotation: dict[str, Any], report: Counter,
+    quality: dict[int, dict[str, int]],
 ) -> NewImage | None:
     url = task["data"][IMAGE]
     data = fetch_photo(settings, url)
@@ -76,15 +138,11 @@ def _new_image(
         report["undecodable_images"] += 1
         log.warning("task %s: %s; skipped", task["id"], e)
         return None
-    rles = []
-    for result in annotation.get("result") or []:
-        mask = result_mask(result, image.height, image.width)
-        if mask is None:
-            continue  # a prompt (keypoint, rectangle) or another kind of result
-        if not mask.any():
-            report["empty_masks_skipped"] += 1
-            continue
-        rles.append(masks.encode(mask))
+    rles = annotation_masks(annotation, image.height, image.width, report)
+    prediction = shown_prelabel(task, annotation)
+    if prediction is not None:
+        shown = annotation_masks(prediction, image.height, image.width)
+        quality[task["id"]] = {"human": len(rles), "prelabel": len(shown), "matched": match_masks(rles, shown)}
     if not rles:
         report["images_without_books"] += 1
     report["images"] += 1

@@ -12,7 +12,9 @@ multimask outputs by predicted IoU, as one brush (RLE) result. The photo's embed
 computed once and cached by the Segmenter (disk + in-memory LRU) under the task's ``sha256``
 (the key pre-labelling used, so a pre-labelled photo's first click is a cache hit); the photo
 itself stays in a small LRU here, so a later click runs only the prompt encoder and the mask
-decoder. Without a SAM checkpoint a box is answered by the champion Mask R-CNN's mask head.
+decoder. Without a SAM checkpoint the champion Mask R-CNN answers: a box with its mask head, a
+click with the mask of the detection under it (:func:`bookcounter.detector.mask_under_click`;
+the photo's detections are kept, as RLE, next to the photo in the LRU).
 
 Training: every annotation webhook checks the count of new annotations, and "Start training"
 (``START_TRAINING`` or ``/train``) asks for a loop run; both through :mod:`annotator.training_trigger`
@@ -20,7 +22,7 @@ Training: every annotation webhook checks the count of new annotations, and "Sta
 ``/job_status`` reports the state of the flow run it caused, from Prefect.
 
 Problems of one request (photo not fetchable or not decodable, too large, prompt empty or
-outside the image, points without SAM) are answered with HTTP 200 and a prediction whose
+outside the image, no model at all) are answered with HTTP 200 and a prediction whose
 ``result`` is empty and whose ``error`` says what is wrong: Label Studio turns any non-2xx
 answer into a bare "500 Server Error" and drops the body, so this is how the message reaches
 the caller. A malformed request body is a 422; an unexpected failure a 500 with ``error``. The
@@ -51,8 +53,8 @@ from annotator import training_trigger
 from annotator.labelstudio.label_config import BRUSH, IMAGE
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.project import fetch_photo
-from bookcounter import events
-from bookcounter.detector import DetectorProvider
+from bookcounter import events, masks
+from bookcounter.detector import Detector, DetectorProvider, mask_under_click
 from bookcounter.errors import UserError
 from bookcounter.events import PrefectUnavailable
 from bookcounter.images import decode_image, sha256_bytes
@@ -73,7 +75,7 @@ class PromptError(UserError):
 
 
 class NeedsSam(UserError):
-    """Point prompts (and boxes when there is no champion either) need a SAM checkpoint."""
+    """Neither a SAM checkpoint nor a champion: nothing can answer a prompt."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,20 @@ class Prompt:
 class Photo:
     key: str  # sha256: the embedding cache key
     image: Image.Image
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One champion detection kept for later clicks: its mask as RLE (a 50 MP photo's masks
+    would take GBs as arrays), decoded only when a click asks for it."""
+
+    score: float
+    box: tuple[float, float, float, float]
+    rle: masks.RLE
+
+    @property
+    def mask(self) -> np.ndarray:
+        return masks.decode(self.rle)
 
 
 def parse_prompt(regions: list[dict[str, Any]]) -> Prompt:
@@ -156,6 +172,8 @@ class Backend:
         self.segmenter = segmenter
         self.champion = champion  # answers boxes when there is no SAM
         self._photos: OrderedDict[str, Photo] = OrderedDict()
+        self._detections: OrderedDict[tuple[str, str], list[Detection]] = OrderedDict()  # (photo, model version)
+        self.detector_calls = 0  # champion runs on whole photos (clicks without SAM)
         self._lock = threading.Lock()
         self._url_locks: dict[str, threading.Lock] = {}
 
@@ -202,6 +220,21 @@ class Backend:
                 with self._lock:
                     self._url_locks.pop(url, None)
 
+    def detections(self, detector: Detector, photo: Photo) -> list[Detection]:
+        """The champion's detections of ``photo``, computed once per photo and model version."""
+        key = (photo.key, detector.model_version)
+        with self._lock:
+            if key in self._detections:
+                self._detections.move_to_end(key)
+                return self._detections[key]
+        found = [Detection(i.score, tuple(i.box), masks.encode(np.asarray(i.mask))) for i in detector.predict(photo.image)]
+        with self._lock:
+            self.detector_calls += 1
+            self._detections[key] = found
+            while len(self._detections) > PHOTO_LRU_SIZE:
+                self._detections.popitem(last=False)
+        return found
+
     def _checked_url(self, url: str) -> str:
         """Only Label Studio's own URLs: our token never goes anywhere else."""
         u, ls = urlparse(url), urlparse(self.settings.ls_url)
@@ -227,20 +260,25 @@ class Backend:
             if len(prompt.points):
                 mask, score = self.segmenter.predict_points(emb, prompt.points, prompt.labels, prompt.box)
             else:
-                masks, scores = self.segmenter.predict_boxes(emb, prompt.box[None])
-                mask, score = masks[0], float(scores[0])
+                got, scores = self.segmenter.predict_boxes(emb, prompt.box[None])
+                mask, score = got[0], float(scores[0])
             version = self.model_version
         else:
-            if prompt.box is None:
-                raise NeedsSam(
-                    "a click needs a SAM checkpoint (run `bookcounter setup-models` or set "
-                    "BOOKCOUNTER_SAM_CHECKPOINT); without one only boxes are answered, by the champion Mask R-CNN"
-                )
             detector = self.champion()
             if detector is None:
-                raise NeedsSam("no SAM checkpoint and no champion Mask R-CNN yet: a box needs one of them")
-            mask = detector.masks_for_boxes(photo.image, prompt.box[None])[0]
-            score, embedding, version = 1.0, "none", f"maskrcnn-v{detector.model_version}"
+                raise NeedsSam(
+                    "no SAM checkpoint and no champion Mask R-CNN yet: a prompt needs one of them "
+                    "(run `bookcounter setup-models` or set BOOKCOUNTER_SAM_CHECKPOINT)"
+                )
+            if prompt.box is not None:  # a box, with or without points: the mask head inside it
+                mask, score = detector.masks_for_boxes(photo.image, prompt.box[None])[0], 1.0
+                embedding = "none"
+            else:
+                calls = self.detector_calls
+                found = self.detections(detector, photo)
+                mask, score = mask_under_click(detector, photo.image, prompt.points, prompt.labels, found)
+                embedding = "none, detections " + ("computed" if self.detector_calls > calls else "cached")
+            version = f"maskrcnn-v{detector.model_version}"
         mask = np.asarray(mask, dtype=bool)
         if not mask.any():
             raise PromptError("no object found for this prompt; click inside the object or draw a box around it")
@@ -265,7 +303,7 @@ def load_backend(settings: Settings, champion: DetectorProvider) -> Backend:
         log.warning("BOOKCOUNTER_SAM_RANDOM_INIT: using random SAM weights (tests and benchmarks only)")
         segmenter = load_segmenter(settings.sam_model_type, random_init=True)
     if segmenter is None:
-        log.warning("no SAM checkpoint: boxes are answered by the champion Mask R-CNN, points get an error")
+        log.warning("no SAM checkpoint: clicks and boxes are answered by the champion Mask R-CNN")
     return Backend(settings, segmenter, champion)
 
 
@@ -292,6 +330,7 @@ def create_app(
             "model_class": TITLE,
             "sam": seg.model_type if seg is not None else None,
             "encoder_calls": seg.encoder_calls if seg is not None else 0,
+            "detector_calls": backend.detector_calls,
         }
 
     @app.post("/setup")

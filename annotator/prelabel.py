@@ -58,6 +58,15 @@ class PrelabelReport:
         )
 
 
+@dataclass
+class Prelabel:
+    """What one photo gets: (HxW bool mask, score) pairs at its size, and the champion's count
+    (None without a champion; see :mod:`annotator.count_review`)."""
+
+    masks: list[tuple[np.ndarray, float]]
+    predicted_count: int | None = None
+
+
 class Masker:
     """Makes the predicted masks of one photo from whatever models are available."""
 
@@ -71,10 +80,12 @@ class Masker:
             parts.append(f"maskrcnn-v{detector.model_version}")
         self.model_version = "+".join(parts) or "none"
 
-    def __call__(self, image: Image.Image, sha256: str) -> list[tuple[np.ndarray, float]]:
-        """(HxW bool mask, score) pairs at the image's size; empty masks dropped."""
+    def __call__(self, image: Image.Image, sha256: str) -> Prelabel:
+        """The photo's masks (empty ones dropped) and the champion's count of it."""
+        count = None
         if self.detector is not None:
             instances = self.detector.predict(image)
+            count = len(instances)
             if self.segmenter is None:  # (c) the champion's own mask head
                 found = [(i.mask, i.score) for i in instances]
             elif instances:  # (a) champion boxes -> SAM, one batched call
@@ -87,7 +98,7 @@ class Masker:
             found = self.segmenter.generate(self.segmenter.embed(image, sha256))
         else:  # (d)
             found = []
-        return [(np.asarray(m, dtype=bool), float(s)) for m, s in found if np.any(m)]
+        return Prelabel([(np.asarray(m, dtype=bool), float(s)) for m, s in found if np.any(m)], count)
 
 
 def default_masker(settings: Settings, champion: DetectorProvider, sam_checkpoint: Path | None = None) -> Masker:
@@ -157,7 +168,8 @@ def prelabel(
                 report.already_there[path.name] = existing[sha]
                 _move(path, inbox / DONE)
                 continue
-            found = masker(image, sha)
+            labelled = masker(image, sha)
+            found = labelled.masks
             served, served_name = served_copy(data, image, path.name)
             url = upload_photo(settings, project_id, served, served_name)
             task_data: dict[str, Any] = {
@@ -167,6 +179,8 @@ def prelabel(
                 "width": image.width,
                 "height": image.height,
             }
+            if labelled.predicted_count is not None:
+                task_data.update(predicted_count=labelled.predicted_count, predicted_count_model=masker.detector.model_version)
             predictions = []
             if found:
                 predictions.append(

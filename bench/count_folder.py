@@ -137,9 +137,9 @@ def main() -> None:
         registry.set_champion(registry.register(args.model_dir).version)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     from bookcounter.settings import get_settings
-    from flows.prefect_server import make_home
+    from flows.prefect_server import configure_prefect
 
-    make_home(get_settings())
+    configure_prefect(get_settings())
     from trainer import registry
 
     champion = registry.champion()

@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer  # noqa: E402
 
-from annotator.cli import collect_command, dataset_app, labelstudio_app, prelabel_command
+from annotator.cli import collect_command, dataset_app, labelstudio_app, prelabel_command, review_command
 from annotator.ml_backend_server import ml_backend_app
 from bookcounter.errors import UserError
 from flows.cli import demo, flows_app, status_command, stop_command, ui_prefect
@@ -34,7 +34,8 @@ app.add_typer(dataset_app, name="dataset")
 app.add_typer(labelstudio_app, name="labelstudio")
 app.add_typer(ml_backend_app, name="ml-backend")
 app.command("prelabel")(prelabel_command(champion=load_predictor))
-app.command("collect")(collect_command)
+app.command("collect")(collect_command(champion=load_predictor))
+app.command("review")(review_command(champion=load_predictor))
 app.command()(demo)
 app.command("status")(status_command)
 app.command("stop")(stop_command)

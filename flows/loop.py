@@ -39,11 +39,13 @@ def ensure_labelstudio() -> str:
 @task(timeout_seconds=1800)
 def collect_task() -> dict[str, Any] | None:
     from annotator.collect import collect
+    from trainer.registry import load_predictor
 
-    result = collect(get_settings())
+    result = collect(get_settings(), champion=load_predictor)
     if result is None:
         return None
-    return {"version": result.version.name, **result.version.manifest()["counts"]}
+    manifest = result.version.manifest()
+    return {"version": result.version.name, **manifest["counts"], "prelabel_quality": manifest["report"].get("prelabel_quality")}
 
 
 @flow(name="collect", log_prints=True)
@@ -57,6 +59,8 @@ def collect_flow() -> str | None:
         return None
     rows = [{"split": s, "photos": made[s]["images"], "books": made[s]["books"]} for s in ("train", "val", "test")]
     create_table_artifact(rows, key="collect", description=f"New dataset version {made['version']}")
+    if (made.get("prelabel_quality") or {}).get("photos"):
+        create_markdown_artifact(_prelabel_quality_markdown(made["version"], made["prelabel_quality"]), key="prelabel-quality")
     print(f"collect: created {made['version']}")
     return made["version"]
 
@@ -163,6 +167,16 @@ def _decision_markdown(d: dict[str, Any]) -> str:
         f"# Model version {d['candidate']}: **{d['decision']}**\n\n{d['reason']}\n\n"
         f"Dataset {d['dataset_version']}, test split. Champion before: {d.get('champion') or 'none'}.\n\n"
         f"| metric | candidate | champion |\n|---|---|---|\n{rows}\n"
+    )
+
+
+def _prelabel_quality_markdown(version: str, q: dict[str, Any]) -> str:
+    return (
+        f"# Pre-label quality, dataset {version}\n\n"
+        f"{q['photos']} annotated photo(s) had a pre-label; masks matched {q['match']}.\n\n"
+        "| | share | masks |\n|---|---|---|\n"
+        f"| recall (human masks the pre-label found) | {_fmt(q['recall'])} | {q['matched']} of {q['human_masks']} |\n"
+        f"| precision (pre-label masks the annotator kept) | {_fmt(q['precision'])} | {q['matched']} of {q['prelabel_masks']} |\n"
     )
 
 

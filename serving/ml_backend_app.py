@@ -1,7 +1,7 @@
 """The ML backend's server process: ``uvicorn --factory serving.ml_backend_app:create_app``.
 
-Composes :mod:`annotator.ml_backend` with the champion from the registry: without SAM a box is
-answered by the champion's mask head, kept current by a :class:`ModelSlot` (it polls the
+Composes :mod:`annotator.ml_backend` with the champion from the registry: without SAM a click or
+a box is answered by the champion, kept current by a :class:`ModelSlot` (it polls the
 registry and swaps in a newly promoted champion, as the counting server does). Lives here, not
 in ``annotator/``, so that the annotator imports nothing from the trainer.
 """

@@ -93,3 +93,28 @@ def test_human_annotations_become_a_new_version_mask_for_mask(ls_settings: Setti
     _, got = stored_masks(second.version, tasks["plain.jpg"].data["sha256"])
     assert len(got) == 1 and iou(got[0], corrected) >= 0.99
     assert second.version.manifest()["parent"] == "v0001"
+
+
+def test_prelabel_recall_and_precision_are_recorded_per_version(ls_settings: Settings) -> None:
+    for i in range(3):
+        save_photo(shelf_photo(W, H, seed=50 + i), ls_settings.inbox_dir / f"q{i}.jpg", quality=95)
+    prelabel(masker=Masker(None, BoxesFromLayout()))
+    ls = client(ls_settings)
+    tasks = {t["data"]["file_name"]: t for t in (x.dict() for x in ls.tasks.list(project=ensure_project(ls_settings), fields="all"))}
+    shown = {name: t["predictions"][0]["result"] for name, t in tasks.items()}
+    n = {name: len(r) for name, r in shown.items()}
+    assert min(n.values()) >= 2
+    ls.annotations.create(id=tasks["q0.jpg"]["id"], result=shown["q0.jpg"])  # the pre-label, unchanged
+    ls.annotations.create(id=tasks["q1.jpg"]["id"], result=shown["q1.jpg"][1:])  # one pre-label mask deleted
+    added = brush_result(disc(80, 8, 5))  # a book the pre-label missed, and one mask deleted
+    ls.annotations.create(id=tasks["q2.jpg"]["id"], result=[added, *shown["q2.jpg"][:-1]])
+
+    result = collect()
+
+    q = result.version.manifest()["report"]["prelabel_quality"]
+    per = {name: q["per_task"][str(t["id"])] for name, t in tasks.items()}
+    assert (per["q0.jpg"]["recall"], per["q0.jpg"]["precision"]) == (1.0, 1.0)
+    assert per["q1.jpg"]["recall"] == 1.0 and per["q1.jpg"]["precision"] == (n["q1.jpg"] - 1) / n["q1.jpg"] < 1
+    assert per["q2.jpg"]["recall"] == (n["q2.jpg"] - 1) / n["q2.jpg"] and per["q2.jpg"]["precision"] == per["q2.jpg"]["recall"]
+    assert (q["photos"], q["matched"], q["prelabel_masks"]) == (3, n["q0.jpg"] + n["q1.jpg"] - 1 + n["q2.jpg"] - 1, sum(n.values()))
+    assert q["recall"] == q["matched"] / (n["q0.jpg"] + n["q1.jpg"] - 1 + n["q2.jpg"]) and q["precision"] < 1

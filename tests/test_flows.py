@@ -10,12 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_labelstudio import save_photo, shelf_photo
+from fixtures_labelstudio import BoxesFromLayout, save_photo, shelf_photo
 from fixtures_trainer import make_synthetic_store, tiny_train_config
 
 from annotator.labelstudio.client import client
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.project import ensure_project, task_shas
+from annotator.prelabel import Masker, prelabel
 from bookcounter.dataset_store import DatasetStore
 from bookcounter.locks import file_lock
 from bookcounter.settings import Settings
@@ -62,13 +63,21 @@ def test_prelabel_flow_twice_gives_one_task_per_photo(ls_settings: Settings) -> 
 
 
 def test_collect_flow_makes_one_version_per_change(ls_settings: Settings) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
     _drop_photos(ls_settings, [3, 4])
-    prelabel_flow()
+    prelabel(masker=Masker(None, BoxesFromLayout()))  # pre-labels whose quality collect measures
     assert collect_flow() is None  # predictions alone are no dataset
     assert _annotate(ls_settings, _task_ids(ls_settings)) == 2
     assert collect_flow() == "v0001"
     assert collect_flow() is None  # nothing new since
     assert [v.name for v in DatasetStore.from_settings().versions()] == ["v0001"]
+    q = DatasetStore.from_settings().get("v0001").manifest()["report"]["prelabel_quality"]
+    assert q["photos"] == 2 and q["human_masks"] == 2
+    with get_client(sync_client=True) as prefect:
+        (artifact,) = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["prelabel-quality"])), limit=1)
+    assert "dataset v0001" in artifact.data and f"{q['matched']} of {q['human_masks']}" in artifact.data
 
 
 def test_retrain_flow_records_one_decision_and_skips_a_trained_version(settings: Settings) -> None:

@@ -116,3 +116,32 @@ def test_the_annotator_imports_nothing_from_the_trainer() -> None:
 
     code = "import sys, annotator.cli, annotator.ml_backend, annotator.ml_backend_server, annotator.prelabel; print('trainer' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_a_click_off_every_detection_gets_the_mask_head_on_a_book_sized_box(tiny_model_dir) -> None:
+    from fixtures_trainer import synthetic_photo
+
+    from bookcounter.detector import TYPICAL_BOOK, mask_under_click
+    from trainer.predictor import Predictor
+
+    champion = Predictor(tiny_model_dir, device="cpu")
+    image, _ = synthetic_photo(seed=5, n_books=2)
+    instances = champion.predict(image)
+    assert instances
+    free = np.ones((image.height, image.width), bool)
+    for i in instances:
+        free &= ~i.mask
+    ys, xs = np.nonzero(free)
+    x, y = int(xs[len(xs) // 2]), int(ys[len(ys) // 2])
+    mask, score = mask_under_click(champion, image, np.array([[x, y]]), np.array([1]), instances)
+    w, h = np.median([(i.box[2] - i.box[0], i.box[3] - i.box[1]) for i in instances], axis=0)
+    box = [max(x - w / 2, 0), max(y - h / 2, 0), min(x + w / 2, image.width), min(y + h / 2, image.height)]
+    assert score == 0.0 and np.array_equal(mask, champion.masks_for_boxes(image, np.array([box]))[0])
+    # no detection at all: a box of a typical book's share of the photo
+    mask, _ = mask_under_click(champion, image, np.array([[x, y]]), np.array([1]), [])
+    w, h = TYPICAL_BOOK[0] * image.width, TYPICAL_BOOK[1] * image.height
+    box = [max(x - w / 2, 0), max(y - h / 2, 0), min(x + w / 2, image.width), min(y + h / 2, image.height)]
+    assert np.array_equal(mask, champion.masks_for_boxes(image, np.array([box]))[0])
+    # only negative points: nothing
+    mask, _ = mask_under_click(champion, image, np.array([[x, y]]), np.array([0]), instances)
+    assert not mask.any()

@@ -23,7 +23,6 @@ from label_studio_sdk.converter import brush
 from PIL import Image
 
 from annotator.labelstudio.client import client
-from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.ml_backend_link import connect_ml_backend
 from annotator.labelstudio.project import create_task, ensure_project, upload_photo
 from annotator.ml_backend import TITLE
@@ -31,6 +30,7 @@ from annotator.ml_backend_server import start_backend, stop_backend
 from bookcounter.images import sha256_bytes
 from bookcounter.settings import Settings, get_settings
 from serving.ml_backend_app import create_app
+from trainer.registry import load_predictor
 
 pytestmark = pytest.mark.labelstudio
 
@@ -212,31 +212,61 @@ def test_concurrent_clicks_on_different_photos_each_encode_once(
     assert encoder_calls(sam_backend) == before + 2
 
 
-def test_without_sam_a_click_says_it_needs_a_checkpoint(labelstudio: Settings, ls_settings: Settings, sample_dir: Path):
+def test_without_sam_or_a_champion_a_prompt_says_what_is_missing(labelstudio: Settings, ls_settings: Settings, sample_dir: Path):
     project = ensure_project(ls_settings)
     task = add_task(ls_settings, project, photo(sample_dir, 0))
     with backend_in_thread(ls_settings) as url:
         backend_id = connect_ml_backend(ls_settings, project, url, TITLE)
-        answer = interactive(ls_settings, backend_id, task["id"], [kp(40, 50)])
-        assert answer["data"]["result"] == []
-        assert "needs a SAM checkpoint" in answer["data"]["error"]
-        answer = interactive(ls_settings, backend_id, task["id"], [rect(30, 20, 15, 60)])
-        assert answer["data"]["result"] == [] and "no champion" in answer["data"]["error"]
+        for regions in ([kp(40, 50)], [rect(30, 20, 15, 60)]):
+            answer = interactive(ls_settings, backend_id, task["id"], regions)
+            assert answer["data"]["result"] == [] and "no SAM checkpoint and no champion" in answer["data"]["error"]
 
 
-def test_without_sam_a_box_is_answered_by_the_champion_mask_head(
-    labelstudio: Settings, tiny_champion, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
+
+
+def book_under_a_click(instances, books: list[np.ndarray]):
+    """A true book the champion found (IoU >= 0.5), a pixel of it inside that detection (the one
+    nearest the book's middle), and what a click there must get: the best-scoring detection
+    whose mask holds the pixel."""
+    pairs = [(iou(i.mask, b), k, i) for k, b in enumerate(books) for i in instances]
+    best, k, found = max(pairs, key=lambda p: p[0], default=(0.0, None, None))
+    assert best >= 0.5, f"the champion found none of the {len(books)} books (best IoU {best:.2f})"
+    ys, xs = np.nonzero(books[k] & found.mask)
+    c = np.argmin((xs - xs.mean()) ** 2 + (ys - ys.mean()) ** 2)
+    point = (int(xs[c]), int(ys[c]))
+    holding = [i for i in instances if i.mask[point[1], point[0]]]
+    return books[k], point, max(holding, key=lambda i: i.score)
+
+
+def found_book(champion, version) -> tuple[Path, Image.Image, list[np.ndarray], tuple]:
+    """A photo of the champion's training split where it found a book (IoU >= 0.5), its true
+    masks, and :func:`book_under_a_click` of it: a tiny model finds some books, not all."""
+    from bookcounter import masks
+    from bookcounter.images import read_image
+
+    coco = version.coco("train")
+    for im in coco["images"]:
+        image = read_image(version.image_path(im))
+        books = [masks.decode(a["segmentation"]) for a in coco["annotations"] if a["image_id"] == im["id"]]
+        try:
+            return version.image_path(im), image, books, book_under_a_click(champion.predict(image), books)
+        except AssertionError:
+            continue
+    raise AssertionError("the tiny champion finds no book of its own training photos")
+
+
+def test_without_sam_a_box_and_a_click_are_answered_by_the_champion(
+    labelstudio: Settings, tiny_champion, tiny_dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from fixtures_trainer import synthetic_photo
-
     # the champion is registered in the session's state dir: a project of our own there
     monkeypatch.setenv("BOOKCOUNTER_LS_PROJECT_TITLE", f"test-champion-{tmp_path.name}")
     get_settings.cache_clear()
     try:
         settings = get_settings()
-        image, books = synthetic_photo(seed=3, n_books=3)
-        path = tmp_path / "shelf.png"
-        image.save(path)
+        champion = load_predictor()  # the registered champion, as the backend loads it
+        path, image, books, (book, point, expected) = found_book(champion, tiny_dataset.version)
         project = ensure_project(settings)
         task = add_task(settings, project, path)
         ys, xs = np.nonzero(books[0])
@@ -250,7 +280,22 @@ def test_without_sam_a_box_is_answered_by_the_champion_mask_head(
             mask = brush.decode_rle(result["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 127
             inside = mask[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].sum()
             assert mask.sum() > 0 and inside / mask.sum() > 0.8  # the mask head paints inside its box
-            click = interactive(settings, backend_id, task["id"], [kp(50, 50)])
-            assert click["data"]["result"] == [] and "needs a SAM checkpoint" in click["data"]["error"]
+
+            # a click: the champion's own mask of the book under it (no SAM anywhere)
+            x, y = 100 * (point[0] + 0.5) / w, 100 * (point[1] + 0.5) / h
+            click = interactive(settings, backend_id, task["id"], [kp(x, y)])
+            assert "error" not in click["data"], click
+            (result,) = click["data"]["result"]
+            mask = brush.decode_rle(result["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 127
+            assert np.array_equal(mask, expected.mask) and result["score"] == pytest.approx(expected.score)
+            assert iou(mask, book) >= 0.5  # it is the book under the click
+            # a negative click inside that book rules its detection out; the photo's detections are reused
+            ys, xs = np.nonzero(expected.mask)
+            far = np.argmax((xs - point[0]) ** 2 + (ys - point[1]) ** 2)
+            negative = kp(100 * (xs[far] + 0.5) / w, 100 * (ys[far] + 0.5) / h, positive=False)
+            other = interactive(settings, backend_id, task["id"], [kp(x, y), negative])
+            got = other["data"]["result"]
+            assert not got or not np.array_equal(brush.decode_rle(got[0]["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 127, mask)
+            assert httpx.get(f"{url}/health", timeout=5).json()["detector_calls"] == 1
     finally:
         get_settings.cache_clear()

@@ -186,11 +186,13 @@ def test_champion_boxes_prompt_sam_and_without_sam_its_own_masks_answer(segmente
     assert instances, "the tiny champion should find the synthetic books"
     with_sam = Masker(segmenter, champion)
     assert with_sam.model_version == "sam-vit_t+maskrcnn-v7"
-    found = with_sam(photo, "ab12cd34")
+    labelled = with_sam(photo, "ab12cd34")
+    assert labelled.predicted_count == len(instances)  # the champion's count, whatever SAM made of its boxes
+    found = labelled.masks
     assert 0 < len(found) <= len(instances)  # one SAM mask per champion box (empty ones dropped)
     assert all(m.shape == (photo.height, photo.width) for m, _ in found)
     assert {s for _, s in found} <= {i.score for i in instances}  # each mask keeps its box's score
     alone = Masker(None, champion)
-    own = alone(photo, "ab12cd34")
+    own = alone(photo, "ab12cd34").masks
     assert alone.model_version == "maskrcnn-v7" and len(own) == len([i for i in instances if i.mask.any()])
     assert all(np.array_equal(m, i.mask) for (m, _), i in zip(own, [i for i in instances if i.mask.any()]))

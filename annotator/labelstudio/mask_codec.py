@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from typing import Any
 
 import numpy as np
@@ -91,3 +92,18 @@ def result_mask(result: dict[str, Any], height: int, width: int) -> np.ndarray |
         poly = [c for x, y in points for c in (x * width / 100.0, y * height / 100.0)]
         return masks.decode(masks.from_polygons([poly], height, width))
     return None
+
+
+def annotation_masks(annotation: dict[str, Any], height: int, width: int, report: Counter | None = None) -> list[masks.RLE]:
+    """The non-empty brush/polygon masks of one annotation (or prediction) as RLE; prompts are left out."""
+    rles = []
+    for result in annotation.get("result") or []:
+        mask = result_mask(result, height, width)
+        if mask is None:
+            continue  # a prompt (keypoint, rectangle) or another kind of result
+        if not mask.any():
+            if report is not None:
+                report["empty_masks_skipped"] += 1
+            continue
+        rles.append(masks.encode(mask))
+    return rles

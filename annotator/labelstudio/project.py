@@ -98,6 +98,12 @@ def create_task(settings: Settings, project_id: int, data: dict[str, Any], predi
         return ids[0] if ids else _find_task(ls, project_id, sha)
 
 
+def update_task_data(settings: Settings, task_id: int, data: dict[str, Any]) -> None:
+    """Replace one task's ``data`` (PATCH of the task): its annotations and predictions stay as they are."""
+    with api_errors(settings, f"update task {task_id}"):
+        client(settings).tasks.update(id=str(task_id), data=data)
+
+
 def _find_task(ls: LabelStudio, project_id: int, sha: str) -> int | None:
     query = json.dumps(
         {
@@ -113,6 +119,12 @@ def _find_task(ls: LabelStudio, project_id: int, sha: str) -> int | None:
     return None
 
 
+def latest_submitted(task: dict[str, Any]) -> dict[str, Any] | None:
+    """The task's latest annotation that a person submitted (cancelled/skipped ones do not count)."""
+    submitted = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
+    return max(submitted, key=lambda a: (a.get("updated_at") or a.get("created_at") or "", a["id"]), default=None)
+
+
 def fetch_photo(settings: Settings, url: str) -> bytes:
     """The bytes behind a task's image URL (``/data/upload/...`` or any URL Label Studio serves)."""
     with raw_requests(settings) as http, api_errors(settings, f"fetch {url}"):
@@ -120,10 +132,15 @@ def fetch_photo(settings: Settings, url: str) -> bytes:
 
 
 def export_snapshot(settings: Settings, project_id: int, timeout: float = 300.0) -> list[dict[str, Any]]:
-    """All tasks with annotations, through an export snapshot (create, wait, download JSON)."""
+    """All tasks with annotations and their predictions in full, through an export snapshot
+    (create, wait, download JSON)."""
     ls = client(settings, timeout=timeout)
     with api_errors(settings, f"export project {project_id}"):
-        snap = ls.projects.exports.create(id=project_id, title=f"bookcounter collect {time.strftime('%Y%m%dT%H%M%S')}")
+        snap = ls.projects.exports.create(
+            id=project_id,
+            title=f"bookcounter collect {time.strftime('%Y%m%dT%H%M%S')}",
+            serialization_options={"predictions": {"only_id": False}},  # the pre-labels, not just their ids
+        )
         deadline = time.monotonic() + timeout
         while snap.status not in ("completed", "failed"):
             if time.monotonic() > deadline:
