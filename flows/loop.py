@@ -110,7 +110,7 @@ def retrain_flow(
     ``max_minutes`` is a training time budget; ``recipe`` overrides fields of the trainer's
     default config, e.g. ``{"epochs": 20, "model": {"image_size": 384}}``.
     """
-    from trainer import registry
+    from trainer import promote, registry
 
     store = DatasetStore.from_settings()
     if dataset is None and store.latest() is None:
@@ -123,6 +123,10 @@ def retrain_flow(
             return None
         existing = [m for m in registry.versions() if m.dataset_version == version]
         if any(m.decision for m in existing):
+            finished = promote.finish_switch(existing[-1].version)
+            if finished is not None:  # a stopped run promoted it but never moved the alias
+                print(f"retrain: model version {finished['candidate']} was promoted by a stopped run; champion now")
+                return finished
             print(f"retrain: {version} already has candidate model version {existing[-1].version}; skipped")
             return None
         if existing:  # registered by a retrain that was stopped before its decision: judge that one

@@ -166,3 +166,25 @@ def test_retrain_killed_then_rerun(settings: Settings, tmp_path: Path, killpoint
     won = decision["decision"] == "promoted"
     assert registry.champion().version == (decision["candidate"] if won else champion)
     assert retrain_flow(recipe=_recipe(epochs=1)) is None  # and nothing is left to do
+
+
+def test_retrain_killed_between_its_decision_and_the_alias_switch(settings: Settings, tmp_path: Path) -> None:
+    """Killed after the decision is logged, before the alias moves: the rerun finishes the job
+    (moves the alias if the decision was "promoted") without judging the candidate again."""
+    make_synthetic_store(settings.datasets_dir, {"train": 4, "val": 2, "test": 2})
+    first = retrain_flow(recipe=_recipe(epochs=1))
+    if registry.champion() is None:
+        registry.set_champion(first["candidate"])
+    champion = registry.champion().version
+    make_synthetic_store(settings.datasets_dir, {"train": 2, "test": 1}, seed=1)
+
+    run_until_killed([sys.executable, "-c", RETRAIN, json.dumps(_recipe(epochs=3))], "trainer.promote:_record", tmp_path)
+
+    last = promote.history()[-1]
+    assert last["dataset_version"] == "v0002" and registry.champion().version == champion  # decided, not switched
+    rerun = retrain_flow(recipe=_recipe(epochs=1))
+    won = last["decision"] == "promoted"
+    assert rerun == (last if won else None)
+    assert registry.champion().version == (last["candidate"] if won else champion)
+    assert len(promote.history()) == 2  # judged once
+    assert retrain_flow(recipe=_recipe(epochs=1)) is None

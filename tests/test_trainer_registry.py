@@ -91,3 +91,31 @@ def test_promotion_rules_and_history(
     out = CliRunner().invoke(app, ["registry", "history"])
     assert out.exit_code == 0, out.output
     assert out.output.count("rejected") == 4 and "promoted" in out.output
+
+
+def test_a_promotion_stopped_before_the_alias_switch_is_finished_once(
+    own_model_name: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trainer import promote, registry
+
+    blind = registry.register(_variant(tiny_model_dir, tmp_path / "blind" / "model", threshold=1.01))
+    registry.set_champion(blind.version)
+    good = registry.register(tiny_model_dir)
+    assert promote.finish_switch(good.version) is None  # not decided yet: nothing to finish
+
+    class Killed(Exception):
+        pass
+
+    def killed(version: str) -> None:
+        raise Killed  # the process dies after the decision is logged, before the alias moves
+
+    with monkeypatch.context() as m:
+        m.setattr(registry, "set_champion", killed)
+        with pytest.raises(Killed):
+            promote.promote(good.version, progress=False)
+    assert promote.history()[-1]["decision"] == "promoted" and registry.champion().version == blind.version
+
+    assert promote.finish_switch(good.version) == promote.history()[-1]
+    assert registry.champion().version == good.version
+    registry.set_champion(blind.version)  # an operator's rollback afterwards is not undone
+    assert promote.finish_switch(good.version) is None and registry.champion().version == blind.version

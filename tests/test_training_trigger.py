@@ -74,11 +74,12 @@ def prefect(settings: Settings):
 
 
 def loop_runs(settings: Settings, deployment_id: uuid.UUID) -> dict:
+    """The deployment's runs made by something other than its schedule (events, by hand)."""
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 
     with prefect(settings) as c:
         runs = c.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id])))
-    return {r.id: r for r in runs}
+    return {r.id: r for r in runs if not r.auto_scheduled}  # not the nightly cron's scheduled runs
 
 
 def wait_for_new_runs(settings: Settings, deployment_id: uuid.UUID, before: dict, n: int) -> dict:

@@ -86,6 +86,22 @@ def promote(candidate: str, split: str = "test", device: str | None = None, prog
     return entry
 
 
+def finish_switch(candidate: str) -> dict[str, Any] | None:
+    """Move the alias to ``candidate`` if a stopped run promoted it but died before the switch.
+
+    ``promote`` writes the decision first and moves the alias last. If the newest decision in
+    the log promoted ``candidate`` and the alias has never pointed at it (no ``champion.since``:
+    a later rollback by hand is left alone), do the switch now and return that decision.
+    """
+    rows = history()
+    if not rows or rows[-1]["candidate"] != candidate or rows[-1]["decision"] != "promoted":
+        return None
+    if registry.get(candidate).champion_since:
+        return None
+    registry.set_champion(candidate)
+    return rows[-1]
+
+
 def _record(entry: dict[str, Any]) -> dict[str, Any]:
     """Append to the JSONL decision log (fsynced) and tag the candidate's model version."""
     path = get_settings().decision_log

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -34,6 +35,7 @@ class ModelInfo:
     dataset_version: str
     metrics: dict[str, float]
     decision: str = ""  # "promoted" or "rejected" once trainer.promote has judged it, else ""
+    champion_since: str = ""  # when the alias first pointed at it (set_champion), else ""
 
 
 def _client():
@@ -64,6 +66,7 @@ def _info(mv) -> ModelInfo:
         dataset_version=mv.tags.get("dataset_version", ""),
         metrics=json.loads(mv.tags.get("metrics", "{}")),
         decision=mv.tags.get("promotion.decision", ""),
+        champion_since=mv.tags.get("champion.since", ""),
     )
 
 
@@ -167,8 +170,11 @@ def load_predictor(version: str = CHAMPION, device: str | None = None):
 
 
 def set_champion(version: str) -> None:
-    """Point the alias ``champion`` at ``version`` (the last step of a promotion)."""
+    """Point the alias ``champion`` at ``version`` (the last step of a promotion); the version's
+    ``champion.since`` tag keeps when that first happened."""
     _client().set_registered_model_alias(get_settings().registered_model_name, CHAMPION, str(version))
+    if not get(version).champion_since:
+        tag_version(version, {"champion.since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
 
 def tag_version(version: str, tags: dict[str, str]) -> None:
