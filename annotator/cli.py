@@ -137,8 +137,7 @@ def labelstudio_start() -> None:
         status = start_server(s)
         project_id = ensure_project(s)
     console.print(status.line())
-    password = "BOOKCOUNTER_LS_PASSWORD" if s.ls_password else s.secrets_file
-    console.print(f"project {s.ls_project_title!r}: {s.ls_url}/projects/{project_id}  (login {s.ls_username}, password in {password})")
+    console.print(f"project {s.ls_project_title!r}: {s.ls_url}/projects/{project_id}  ({s.ls_login_hint})")
 
 
 @labelstudio_app.command("stop")

@@ -143,6 +143,12 @@ class Settings(BaseSettings):
         return load_or_create(self.secrets_file, self.ls_password, self.ls_token)
 
     @property
+    def ls_login_hint(self) -> str:
+        """Where a person finds the admin login (never the password itself)."""
+        where = "BOOKCOUNTER_LS_PASSWORD" if self.ls_password else str(self.secrets_file)
+        return f"login {self.ls_username}, password in {where}"
+
+    @property
     def ls_url(self) -> str:
         return f"http://{self.ls_host}:{self.ls_port}"
 

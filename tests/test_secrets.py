@@ -4,8 +4,10 @@ keeps them private, and they never leak into logs, Prefect, MLflow or a model di
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -85,15 +87,30 @@ def _files_holding(root: Path, values: list[bytes]) -> list[str]:
     return found
 
 
+@pytest.fixture
+def prefect_info_logs() -> Iterator[None]:
+    """Flow and task run INFO lines (the flows' prints) go to Prefect's API, as outside tests
+    (conftest sets Prefect's level to WARNING)."""
+    loggers = [logging.getLogger(name) for name in ("prefect.flow_runs", "prefect.task_runs")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.INFO)
+    yield
+    for lg, level in zip(loggers, levels, strict=True):
+        lg.setLevel(level)
+
+
 @pytest.mark.slow
 @pytest.mark.labelstudio
 def test_no_secret_in_logs_prefect_mlflow_or_model_json_after_the_flows(
-    ls_settings: Settings, labelstudio: Settings, session_state_dir: Path
+    ls_settings: Settings, labelstudio: Settings, prefect_info_logs: None
 ) -> None:
     """Train, register and promote (retrain flow), then pre-label, annotate and collect against the
     real Label Studio; then look for the password and the token everywhere they could land."""
     from mlflow.tracking import MlflowClient
     from prefect import get_client
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import get_current_settings
 
     from annotator.labelstudio.client import client
     from annotator.labelstudio.project import ensure_project, task_shas
@@ -122,10 +139,12 @@ def test_no_secret_in_logs_prefect_mlflow_or_model_json_after_the_flows(
     logged = json.dumps([[run.data.params, run.data.tags] for run in runs])
     logged += json.dumps([mv.tags for mv in mlflow.search_model_versions()])
     # Prefect: every artifact and every log line
+    APILogHandler().flush()  # send the queued log lines now
     with get_client(sync_client=True) as prefect:
         artifacts = prefect.read_artifacts()
         logs = prefect.read_logs()
-    assert {a.key for a in artifacts} >= {"promotion-decision", "prelabel", "collect"} and logs
+    assert {a.key for a in artifacts} >= {"promotion-decision", "prelabel", "collect"}
+    assert any("retrain: model version" in log.message for log in logs)
     logged += json.dumps([[a.key, a.description, str(a.data)] for a in artifacts])
     logged += "\n".join(log.message for log in logs)
     # every model.json
@@ -135,11 +154,27 @@ def test_no_secret_in_logs_prefect_mlflow_or_model_json_after_the_flows(
     for i, secret in enumerate(secrets):
         assert secret not in logged, f"secret #{i} is in MLflow, Prefect or a model.json"
 
-    # and byte for byte: every file of the state dir (logs, decision log, MLflow's and Prefect's
-    # databases, datasets), the session's Prefect home and Label Studio's own log; not Label
-    # Studio's database, which must hold the token to check it
+    # and byte for byte: every file of the state dir (logs, decision log, MLflow's database,
+    # datasets), Prefect's home (its database) and Label Studio's own log; not Label Studio's
+    # database, which must hold the token to check it
     raw = [s.encode() for s in secrets]
-    leaks = _files_holding(ls_settings.state_dir, raw) + _files_holding(session_state_dir, raw)
-    leaks += _files_holding(labelstudio.run_dir, raw)
+    prefect_home = Path(get_current_settings().home)
+    assert list(prefect_home.glob("*.db"))
+    leaks = _files_holding(ls_settings.state_dir, raw) + _files_holding(labelstudio.run_dir, raw)
+    leaks += _files_holding(prefect_home, raw)
     assert not leaks, leaks
     assert os.environ[TOKEN_KEY] == secrets[1]  # the session's own, generated in conftest
+
+
+@pytest.mark.labelstudio
+def test_a_token_label_studio_does_not_know_is_one_line_naming_the_fix(
+    labelstudio: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An install from before per-install secrets: its Label Studio database holds another token."""
+    from annotator.labelstudio.errors import LabelStudioError
+    from annotator.labelstudio.project import ensure_project
+
+    monkeypatch.setenv(TOKEN_KEY, "0" * 40)
+    stranger = Settings(state_dir=tmp_path / "var", ls_port=labelstudio.ls_port)
+    with pytest.raises(LabelStudioError, match="answered 401.*token is refused.*BOOKCOUNTER_LS_TOKEN.*secrets.env"):
+        ensure_project(stranger)

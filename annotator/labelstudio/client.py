@@ -69,6 +69,11 @@ def api_errors(settings: Settings, what: str) -> Iterator[None]:
         else:
             body = str(e.body).strip()
             detail = "" if body.startswith("<") else f" {body[:300]}"  # an HTML error page says nothing more
+            if e.status_code == 401:
+                detail += (
+                    f"; the API token is refused: Label Studio's database was made with another token "
+                    f"(set BOOKCOUNTER_LS_TOKEN to it, e.g. in .env; ours is in {settings.secrets_file})"
+                )
             raise LabelStudioError(f"cannot {what}: Label Studio answered {e.status_code}{detail}") from None
         raise LabelStudioUnavailable(
             f"cannot {what}: Label Studio at {settings.ls_url} is not reachable ({cause}); "
