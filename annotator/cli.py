@@ -34,12 +34,15 @@ def import_coco(
 
     Polygons become RLE masks; bbox and area come from the mask; images are stored once by
     sha256. Importing content equal to an existing version creates nothing and names it.
+    Photos over BOOKCOUNTER_MAX_MEGAPIXELS, or with a shorter side under
+    BOOKCOUNTER_MIN_PHOTO_SIDE (64 px), are refused, as serving refuses them.
     """
     if split is not None and split not in SPLITS:
         raise typer.BadParameter(f"split must be one of {', '.join(SPLITS)}")
+    settings = get_settings()
     items, warnings, totals = [], [], {"skipped_zero_area": 0, "clipped_polygons": 0}
     for path in paths:
-        got, report = read_coco(path, images, split)
+        got, report = read_coco(path, images, split, settings.max_megapixels, settings.min_photo_side)
         items += got
         warnings += report["warnings"]
         for k in totals:
@@ -121,8 +124,9 @@ labelstudio_app = typer.Typer(
 def labelstudio_start() -> None:
     """Start Label Studio in the background and wait until it answers (cold start 30-45 s).
 
-    SQLite under var/label-studio (PostgreSQL: set BOOKCOUNTER_LS_DATABASE_URL); the admin
-    user and API token come from settings; pid file and log under var/run. The project is
+    SQLite under var/label-studio (PostgreSQL: set BOOKCOUNTER_LS_DATABASE_URL). The admin
+    password and API token are generated on first start into var/secrets.env (mode 0600;
+    BOOKCOUNTER_LS_PASSWORD/TOKEN override it). Pid file and log under var/run. The project is
     created on first start.
     """
     from annotator.labelstudio.project import ensure_project
@@ -133,7 +137,7 @@ def labelstudio_start() -> None:
         status = start_server(s)
         project_id = ensure_project(s)
     console.print(status.line())
-    console.print(f"project {s.ls_project_title!r}: {s.ls_url}/projects/{project_id}  (login {s.ls_username})")
+    console.print(f"project {s.ls_project_title!r}: {s.ls_url}/projects/{project_id}  ({s.ls_login_hint})")
 
 
 @labelstudio_app.command("stop")

@@ -1,6 +1,7 @@
 """Reading a COCO instances file from elsewhere into :class:`NewImage` items for the store.
 
-Every problem is found before the store is touched. Errors name the file and the item;
+Every problem is found before the store is touched. Errors name the file and the item; a
+photo over the megapixel limit or under the minimum size is refused (its header is enough);
 polygons reaching outside the image are clipped (a warning), masks of zero area are skipped
 and counted in the report.
 """
@@ -16,10 +17,15 @@ from tqdm import tqdm
 
 from bookcounter import masks
 from bookcounter.dataset_store import SPLITS, DatasetError, NewImage
+from bookcounter.images import BadImage, check_photo
 
 
-def read_coco(json_path: Path, images_dir: Path, split: str | None = None) -> tuple[list[NewImage], dict[str, Any]]:
-    """Parse and check one COCO file; ``split`` overrides the split it gives.
+def read_coco(
+    json_path: Path, images_dir: Path, split: str | None = None,
+    max_megapixels: float | None = None, min_side: int | None = None,
+) -> tuple[list[NewImage], dict[str, Any]]:
+    """Parse and check one COCO file; ``split`` overrides the split it gives; photos outside
+    ``max_megapixels``/``min_side`` (the serving limits) are refused.
 
     A source gives a split per image (an image field ``split``) or for the whole file (its
     name is ``train.json``, ``val.json`` or ``test.json``).
@@ -57,6 +63,10 @@ def read_coco(json_path: Path, images_dir: Path, split: str | None = None) -> tu
         if not path.is_file():
             raise DatasetError(f"{json_path}: image {image_id}: file {path} not found")
         data = path.read_bytes()
+        try:
+            check_photo(data, str(path), max_megapixels, min_side)
+        except BadImage as e:
+            raise DatasetError(f"{json_path}: image {image_id}: {e}") from None
         height, width = im.get("height"), im.get("width")
         if not (isinstance(height, int) and isinstance(width, int)) or height <= 0 or width <= 0:
             raise DatasetError(f"{json_path}: image {image_id}: missing or bad width/height")

@@ -204,7 +204,7 @@ class Backend:
                     if url in self._photos:
                         return self._photos[url]
                 data = fetch_photo(self.settings, self._checked_url(url))
-                image = decode_image(data, url, max_megapixels=self.settings.max_megapixels)
+                image = decode_image(data, url, self.settings.max_megapixels, self.settings.min_photo_side)
                 sha = (task.get("data") or {}).get("sha256")
                 key = sha if isinstance(sha, str) and len(sha) == 64 and sha.isalnum() else sha256_bytes(data)
                 photo = Photo(key, image)

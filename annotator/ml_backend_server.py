@@ -41,9 +41,12 @@ def start_backend(settings: Settings, timeout: float = START_TIMEOUT_S) -> bool:
     ]
     env = {
         f"BOOKCOUNTER_{k.upper()}": v if isinstance(v, str) else json.dumps(v)
-        for k, v in settings.model_dump(mode="json").items()
+        for k, v in settings.model_dump(mode="json", exclude={"ls_password", "ls_token"}).items()
         if v is not None
     }
+    # the secrets in use, in clear (a JSON dump masks them); the environment of a process is private to its user
+    env["BOOKCOUNTER_LS_PASSWORD"] = settings.ls_secrets.password.get_secret_value()
+    env["BOOKCOUNTER_LS_TOKEN"] = settings.ls_secrets.token.get_secret_value()
     # torch's OpenMP threads sleep instead of spinning between ops: clicks come one at a time,
     # and on a shared CPU spinning threads starve Label Studio and training (and themselves)
     env.setdefault("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))

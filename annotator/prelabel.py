@@ -158,7 +158,7 @@ def prelabel(
         for path in tqdm(photos, desc="pre-labelling", unit="photo"):
             data = path.read_bytes()
             try:
-                image = decode_image(data, path.name, settings.max_megapixels)
+                image = decode_image(data, path.name, settings.max_megapixels, settings.min_photo_side)
             except BadImage as e:
                 _reject(path, str(e))
                 report.rejected[path.name] = str(e)

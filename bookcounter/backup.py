@@ -91,9 +91,8 @@ def _sources(settings: Settings) -> Iterator[str]:
             yield from _tree(state, settings.datasets_dir)
     if settings.inbox_dir.is_dir():
         yield from (str(p.relative_to(state)) for p in sorted(settings.inbox_dir.iterdir()) if p.is_file())
-    secrets = state / "secrets.env"
-    if secrets.is_file():
-        yield str(secrets.relative_to(state))
+    if settings.secrets_file.is_file():
+        yield str(settings.secrets_file.relative_to(state))
 
 
 def _tree(state: Path, root: Path) -> Iterator[str]:

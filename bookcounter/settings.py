@@ -4,16 +4,20 @@ Values come from environment variables named ``BOOKCOUNTER_<FIELD>`` (for exampl
 ``BOOKCOUNTER_STATE_DIR=/data/bookcounter``), then from a ``.env`` file in the working
 directory, then from the defaults below. All state lives under ``state_dir`` (``var/`` in
 the repository by default); nothing is written anywhere else except the OS temp dir.
+The Label Studio admin password and API token have no default: each install generates its
+own into ``<state_dir>/secrets.env`` (:mod:`bookcounter.credentials`).
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bookcounter.credentials import LabelStudioSecrets, load_or_create
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,8 +49,10 @@ class Settings(BaseSettings):
     ls_host: str = "127.0.0.1"
     ls_port: int = 8089
     ls_username: str = "admin@bookcounter.local"
-    ls_password: str = "bookcounter-admin"
-    ls_token: str = "bookcounter0token0for0label0studio0000001"
+    ls_password: SecretStr | None = Field(None, description="Admin password; default: generated into secrets.env.")
+    ls_token: SecretStr | None = Field(
+        None, max_length=40, description="Legacy API token (at most 40 characters); default: generated into secrets.env."
+    )
     ls_project_title: str = "Books"
     ls_venv: Path = Field(REPO_ROOT / ".venv-labelstudio", description="Venv holding the Label Studio server.")
     ls_database_url: str | None = Field(
@@ -72,9 +78,12 @@ class Settings(BaseSettings):
     serve_port: int = 8000
     reload_poll_seconds: float = 5.0
     max_upload_mb: float = 20.0
-    max_megapixels: float = 50.0
+    max_megapixels: float = Field(50.0, description="Photos with more pixels are refused (HTTP 413) at every door.")
     max_in_flight: int = Field(
         2, ge=1, description="Photos POST /count holds at once (upload, decode, model); past that it answers 503."
+    )
+    min_photo_side: int = Field(
+        64, ge=1, description="Photos whose shorter side is smaller are refused (HTTP 422): see bench/min_photo_size.py."
     )
     api_key: SecretStr | None = Field(
         None, description="If set, the page and API ask for it (X-API-Key, Bearer, or the page's ?key=)."
@@ -142,6 +151,23 @@ class Settings(BaseSettings):
     def run_dir(self) -> Path:
         """Pid files and logs of the servers bookcounter starts."""
         return self.state_dir / "run"
+
+    @property
+    def secrets_file(self) -> Path:
+        """The generated Label Studio password and token (mode 0600)."""
+        return self.state_dir / "secrets.env"
+
+    @cached_property
+    def ls_secrets(self) -> LabelStudioSecrets:
+        """The admin password and API token in use: BOOKCOUNTER_LS_PASSWORD/TOKEN, else :attr:`secrets_file`
+        (created on first use)."""
+        return load_or_create(self.secrets_file, self.ls_password, self.ls_token)
+
+    @property
+    def ls_login_hint(self) -> str:
+        """Where a person finds the admin login (never the password itself)."""
+        where = "BOOKCOUNTER_LS_PASSWORD" if self.ls_password else str(self.secrets_file)
+        return f"login {self.ls_username}, password in {where}"
 
     @property
     def ls_url(self) -> str:

@@ -147,6 +147,7 @@ def _summary(settings: Settings, before, first, urls: dict[str, str], seconds: f
                   f"after the first training: {first.version if first else 'none'}; now: {now.version if now else 'none'}")
     for name, url in urls.items():
         console.print(f"{name:>13}: {url}")
+    console.print(f"Label Studio {settings.ls_login_hint}")
     console.print(f"decision log: {settings.decision_log}\ndemo took {seconds / 60:.1f} min")
     console.print("what runs now: bookcounter status\nstop it all:   bookcounter stop")
     (settings.state_dir / "demo-summary.json").write_text(json.dumps({"seconds": seconds, "urls": urls}, indent=2))

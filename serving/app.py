@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import secrets
 import time
@@ -16,12 +15,11 @@ import anyio
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from PIL import Image
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bookcounter.images import BadImage, decode_image
+from bookcounter.images import BadImage, ImageTooLarge, ImageTooSmall, decode_image
 from bookcounter.settings import Settings, get_settings
 from serving.counting import count_books
 from serving.metrics import CONTENT_TYPE_LATEST, ServingMetrics
@@ -63,10 +61,6 @@ class CountOut(BaseModel):
 
 class TooLarge(Exception):
     """The request body, or the photo in it, is over the configured limit (413)."""
-
-
-class _PixelLimit(BadImage):
-    pass
 
 
 # --- middleware (pure ASGI, so it sees every response, 413s included) --------------------------
@@ -296,9 +290,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         responses={
             200: {"content": {"image/png": {}}},
             400: {"description": "Not a decodable photo (empty, corrupt, truncated)."},
-            413: {"description": "Over the upload size or megapixel limit."},
+            413: {"description": "Over the upload size or megapixel limit (a decompression bomb is refused by its header)."},
             415: {"description": "Wrong content type."},
             401: {"description": "The server has an API key (BOOKCOUNTER_API_KEY) and the request lacks it."},
+            422: {"description": "A photo too small to count books in (the message says the minimum size), or a bad query parameter."},
             503: {"description": "Busy (BOOKCOUNTER_MAX_IN_FLIGHT photos in flight; see Retry-After), or no "
                   "champion model loaded yet (the message says how to train one)."},
         },
@@ -327,7 +322,7 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
         loaded = slot.current  # this request finishes on this model, even if a newer one is swapped in
 
         def work() -> Any:
-            image = decode(data, name, settings.max_megapixels)
+            image = decode_image(data, name, settings.max_megapixels, settings.min_photo_side)
             prediction = count_books(image, loaded)
             if overlay:
                 png = prediction.overlay_png()
@@ -337,8 +332,10 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
 
         try:
             return await anyio.to_thread.run_sync(work)
-        except _PixelLimit as e:
+        except ImageTooLarge as e:
             raise HTTPException(413, str(e)) from None
+        except ImageTooSmall as e:
+            raise HTTPException(422, str(e)) from None
         except BadImage as e:
             raise HTTPException(400, str(e)) from None
 
@@ -374,15 +371,3 @@ async def read_upload(request: Request, max_bytes: int, too_large: str) -> tuple
         raise TooLarge(too_large)
     return data, name
 
-
-def decode(data: bytes, name: str, max_megapixels: float) -> Image.Image:
-    """Upright 8-bit RGB; :class:`_PixelLimit` (413) for too many pixels, :class:`BadImage` (400) else."""
-    try:
-        with Image.open(io.BytesIO(data)) as probe:  # reads the header only
-            pixels = probe.width * probe.height
-    except Exception:
-        pixels = 0  # not an image: decode_image says why
-    if pixels > max_megapixels * 1e6:
-        raise _PixelLimit(f"{name}: {pixels / 1e6:.1f} megapixels is over the {max_megapixels:g} megapixel limit "
-                          "(BOOKCOUNTER_MAX_MEGAPIXELS)")
-    return decode_image(data, name, max_megapixels)

@@ -115,7 +115,7 @@ def count_photo(photo: Photo, model: LoadedModel, settings: Settings, overlays: 
         return row
     started = time.perf_counter()
     try:
-        image = decode_image(photo.data, str(photo.path), settings.max_megapixels)
+        image = decode_image(photo.data, str(photo.path), settings.max_megapixels, settings.min_photo_side)
         prediction = count_books(image, model)
     except BadImage as e:
         row.error = str(e)

@@ -13,6 +13,11 @@ import pytest
 # temp dir for the whole session, so tests never touch ./var.
 SESSION_STATE_DIR = Path(tempfile.mkdtemp(prefix="bookcounter-tests-"))
 os.environ["BOOKCOUNTER_STATE_DIR"] = str(SESSION_STATE_DIR)
+# The session's own Label Studio password and token (no install shares them), in the
+# environment so that every state dir of the session, and every process it starts, uses them.
+from bookcounter.credentials import generate  # noqa: E402
+
+os.environ.update(generate())
 # Prefect's INFO lines add nothing to test output, and its last one ("Stopping temporary
 # server", logged at exit to pytest's already closed stream) would end the run with a traceback.
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

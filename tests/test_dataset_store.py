@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bad_images import BOMB_MESSAGE, TINY_MESSAGE, bomb_png, tiny_jpeg
 from PIL import Image
 
 from annotator.coco_import import read_coco
@@ -18,7 +19,8 @@ from bookcounter import masks
 from bookcounter.dataset_store import DatasetStore, NewImage, hash_split
 
 
-def _jpeg(w: int = 64, h: int = 48, seed: int = 0) -> bytes:
+def _jpeg(w: int = 96, h: int = 72, seed: int = 0) -> bytes:
+    """Noise; the default size is over the minimum photo size (64 px shorter side)."""
     rng = np.random.default_rng(seed)
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
@@ -155,7 +157,7 @@ def test_cli_import_list_verify_and_noop(tmp_path: Path) -> None:
 
 
 def test_polygon_outside_image_is_clipped_and_zero_area_is_skipped(tmp_path: Path) -> None:
-    src = _write_coco(tmp_path / "src", [("a.jpg", _jpeg(seed=1))],
+    src = _write_coco(tmp_path / "src", [("a.jpg", _jpeg(64, 48, seed=1))],
                       [_box(1, 1, -10, 5, 20, 40), _box(2, 1, 30, 10, 30, 10), _box(3, 1, 70, 10, 90, 30)])
     items, report = read_coco(src, src.parent)
     assert report["clipped_polygons"] == 2 and report["skipped_zero_area"] == 2
@@ -168,6 +170,8 @@ BAD_INPUTS = {
     "corrupt image": ("bad.jpg", b"\xff\xd8\xff\xe0" + b"\x00" * 20, "not an image"),
     "non-image file": ("notes.jpg", b"just some text, not a photo", "not an image"),
     "truncated jpeg": ("trunc.jpg", "truncate", "corrupt or truncated"),
+    "decompression bomb": ("bomb.png", bomb_png(), BOMB_MESSAGE),
+    "too small to count": ("tiny.jpg", tiny_jpeg(), TINY_MESSAGE),
 }
 
 

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from bad_images import BOMB_MESSAGE, TINY_MESSAGE, bomb_png, tiny_jpeg
 from label_studio_sdk.converter import brush
 from PIL import Image
 
@@ -173,11 +174,15 @@ def test_bad_input_gets_a_clear_answer_and_the_server_stays_up(
     truncated.write_bytes(photo(sample_dir, 2).read_bytes()[:3000])
     huge = tmp_path / "huge.png"
     Image.new("L", (9000, 6000), 128).save(huge)  # 54 MP, over the 50 MP limit
+    (bomb := tmp_path / "bomb.png").write_bytes(bomb_png())
+    (tiny := tmp_path / "tiny.jpg").write_bytes(tiny_jpeg())
     cases = {
         "cannot fetch": ({"id": 1, "data": {"image": "/data/upload/999/missing.jpg"}}, [kp(50, 50)]),
         "not served by Label Studio": ({"id": 1, "data": {"image": "http://example.com/a.jpg"}}, [kp(50, 50)]),
         "corrupt or truncated": (add_task(ls_settings, project, truncated), [kp(50, 50)]),
         "megapixel limit": (add_task(ls_settings, project, huge), [kp(50, 50)]),
+        BOMB_MESSAGE: (add_task(ls_settings, project, bomb), [kp(50, 50)]),
+        TINY_MESSAGE: (add_task(ls_settings, project, tiny), [kp(50, 50)]),
         "outside the image": (good, [kp(50, 120)]),
         "empty prompt": (good, []),
         "no image URL": ({"id": 1, "data": {}}, [kp(50, 50)]),

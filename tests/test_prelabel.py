@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from bad_images import BOMB_MESSAGE, TINY_MESSAGE, bomb_png, tiny_jpeg
 from fixtures_labelstudio import BoxesFromLayout, free_port, save_photo, shelf_photo
 from PIL import Image
 
@@ -88,6 +89,8 @@ def test_bad_photos_are_rejected_or_normalised(ls_settings: Settings) -> None:
     (inbox / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
     (inbox / "notes.txt").write_text("not a photo")
     (inbox / "empty.jpg").write_bytes(b"")
+    (inbox / "bomb.png").write_bytes(bomb_png())
+    (inbox / "tiny.jpg").write_bytes(tiny_jpeg())
     rgba = shelf.convert("RGBA")
     rgba.putalpha(128)
     save_photo(rgba, inbox / "alpha.png")
@@ -100,11 +103,12 @@ def test_bad_photos_are_rejected_or_normalised(ls_settings: Settings) -> None:
 
     report = prelabel(masker=Masker(None, None))
 
-    assert sorted(report.rejected) == ["corrupt.jpg", "empty.jpg", "notes.txt", "truncated.jpg"]
+    assert sorted(report.rejected) == ["bomb.png", "corrupt.jpg", "empty.jpg", "notes.txt", "tiny.jpg", "truncated.jpg"]
     for name, reason in report.rejected.items():
         assert (inbox / "rejected" / name).is_file()
         assert (inbox / "rejected" / f"{name}.reason.txt").read_text().strip() == reason
     assert "truncated" in report.rejected["truncated.jpg"] and "not an image" in report.rejected["notes.txt"]
+    assert BOMB_MESSAGE in report.rejected["bomb.png"] and TINY_MESSAGE in report.rejected["tiny.jpg"]
     assert sorted(report.imported) == sorted(expected_upright) and report.model_version == "none"
     for task in tasks_of(ls_settings):
         name = task["data"]["file_name"]

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from fixtures_labelstudio import free_port
 
@@ -82,6 +83,10 @@ def test_status_lists_every_service_and_stop_ends_only_ours(own_settings: Settin
         wait_healthy(f"{settings.ml_backend_url}/health", 60, Server("foreign", settings.run_dir), foreign)
         pids = {name: server.pid() for name, server in ours.items()}
         assert all(pids.values()), pids
+        # the MLflow UI is one web worker, no job consumers (MLflow's defaults: 15 processes, 2.6 GB)
+        mlflow_ui = psutil.Process(pids["mlflow-ui"])
+        tree = [mlflow_ui, *mlflow_ui.children(recursive=True)]
+        assert len(tree) <= 2 and not any("huey" in " ".join(p.cmdline()) for p in tree), [p.cmdline() for p in tree]
 
         out = bookcounter("status").stdout
         table = status_table(out)

@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from bad_images import BOMB_MESSAGE, TINY_MESSAGE, bomb_png, tiny_jpeg
 from fixtures_serving import Served, running_server, serving_settings
 from fixtures_trainer import synthetic_photo
 from PIL import Image
@@ -123,6 +124,9 @@ BAD_INPUTS = {
     "over the size limit, streamed": (413, dict(content=_chunks(NOISE), headers={"content-type": "image/jpeg"})),
     "over the size limit, multipart": (413, dict(files={"image": ("big.jpg", NOISE, "image/jpeg")})),
     "over the megapixel limit": (413, dict(content=encode(Image.new("L", (200, 200))), headers={"content-type": "image/png"})),
+    "decompression bomb": (413, dict(content=bomb_png(), headers={"content-type": "image/png"})),
+    "too small to count": (422, dict(content=tiny_jpeg(), headers={"content-type": "image/jpeg"})),
+    "too small to count, multipart": (422, dict(files={"image": ("tiny.jpg", tiny_jpeg(), "image/jpeg")})),
     "wrong content type": (415, dict(content=GOOD, headers={"content-type": "text/plain"})),
     "form without a file": (400, dict(files={"note": (None, "hello")})),
     "bad overlay flag": (422, dict(content=GOOD, headers={"content-type": "image/png"}, params={"overlay": "maybe"})),
@@ -141,6 +145,22 @@ def test_bad_input_gets_its_4xx_with_a_message(strict_server: Served, case: str)
     # the server stays up and still counts
     ok = httpx.post(f"{strict_server.url}/count", content=GOOD, headers={"content-type": "image/png"}, timeout=60)
     assert ok.status_code == 200 and httpx.get(f"{strict_server.url}/healthz").status_code == 200
+
+
+def test_bomb_and_tiny_photo_are_refused_with_the_limit_they_break(served_champion: Served) -> None:
+    """Default limits: a 40000x40000 PNG header is a 413 naming the megapixel limit (not "corrupt"),
+    an 8x8 photo a 422 naming the minimum size; a photo of exactly the minimum is counted."""
+    post = lambda data, kind: httpx.post(  # noqa: E731
+        f"{served_champion.url}/count", content=data, headers={"content-type": kind}, timeout=60
+    )
+    bomb = post(bomb_png(), "image/png")
+    assert bomb.status_code == 413 and BOMB_MESSAGE in bomb.json()["detail"], bomb.text
+    assert "corrupt" not in bomb.json()["detail"] and "1600.0 megapixels" in bomb.json()["detail"]
+    tiny = post(tiny_jpeg(), "image/jpeg")
+    assert tiny.status_code == 422 and TINY_MESSAGE in tiny.json()["detail"] and "8x8" in tiny.json()["detail"], tiny.text
+    assert post(tiny_jpeg(63), "image/jpeg").status_code == 422
+    smallest = post(encode(synthetic_photo(3, 2)[0].resize((64, 64))), "image/png")
+    assert smallest.status_code == 200 and smallest.json()["width"] == 64
 
 
 def test_metrics_count_requests_by_status(strict_server: Served) -> None:

@@ -30,7 +30,11 @@ def retry_window_s() -> float:
 
 
 def client(settings: Settings, timeout: float = 60.0) -> LabelStudio:
-    return LabelStudio(base_url=settings.ls_url, api_key=settings.ls_token, timeout=timeout, max_retries=MAX_RETRIES)
+    return LabelStudio(base_url=settings.ls_url, api_key=_token(settings), timeout=timeout, max_retries=MAX_RETRIES)
+
+
+def _token(settings: Settings) -> str:
+    return settings.ls_secrets.token.get_secret_value()
 
 
 @contextmanager
@@ -38,7 +42,7 @@ def raw_requests(settings: Settings, timeout: float = 60.0) -> Iterator[HttpClie
     """The SDK's HTTP client (same token, same retries) for endpoints the SDK has no method for."""
     with httpx.Client(timeout=timeout, follow_redirects=True) as http:
         wrapper = SyncClientWrapper(
-            base_url=settings.ls_url, api_key=settings.ls_token, timeout=timeout, max_retries=MAX_RETRIES,
+            base_url=settings.ls_url, api_key=_token(settings), timeout=timeout, max_retries=MAX_RETRIES,
             httpx_client=http,
         )
         yield wrapper.httpx_client
@@ -65,6 +69,11 @@ def api_errors(settings: Settings, what: str) -> Iterator[None]:
         else:
             body = str(e.body).strip()
             detail = "" if body.startswith("<") else f" {body[:300]}"  # an HTML error page says nothing more
+            if e.status_code == 401:
+                detail += (
+                    f"; the API token is refused: Label Studio's database was made with another token "
+                    f"(set BOOKCOUNTER_LS_TOKEN to it, e.g. in .env; ours is in {settings.secrets_file})"
+                )
             raise LabelStudioError(f"cannot {what}: Label Studio answered {e.status_code}{detail}") from None
         raise LabelStudioUnavailable(
             f"cannot {what}: Label Studio at {settings.ls_url} is not reachable ({cause}); "

@@ -2,7 +2,8 @@
 
 ``label-studio start`` from its own venv (``settings.ls_venv``), bound to 127.0.0.1, data
 (SQLite, uploaded photos) under ``settings.ls_data_dir``, the admin user and a legacy API token
-bootstrapped from settings, a pid file and a log under ``settings.run_dir``. Setting
+bootstrapped from ``settings.ls_secrets`` (generated per install into ``secrets.env``), a pid
+file and a log under ``settings.run_dir``. Setting
 ``BOOKCOUNTER_LS_DATABASE_URL=postgresql://user:pw@host:5432/db`` makes it use PostgreSQL.
 """
 
@@ -63,8 +64,8 @@ def server_env(settings: Settings) -> dict[str, str]:
         "VIRTUAL_ENV": str(settings.ls_venv),
         "LABEL_STUDIO_BASE_DATA_DIR": str(settings.ls_data_dir),
         "LABEL_STUDIO_USERNAME": settings.ls_username,
-        "LABEL_STUDIO_PASSWORD": settings.ls_password,
-        "LABEL_STUDIO_USER_TOKEN": settings.ls_token,
+        "LABEL_STUDIO_PASSWORD": settings.ls_secrets.password.get_secret_value(),
+        "LABEL_STUDIO_USER_TOKEN": settings.ls_secrets.token.get_secret_value(),
         "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
         "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
         # let Label Studio reach an ML backend on loopback (the one bookcounter starts)
