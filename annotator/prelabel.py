@@ -27,12 +27,13 @@ from tqdm import tqdm
 
 from annotator.labelstudio.label_config import IMAGE
 from annotator.labelstudio.mask_codec import brush_result
-from annotator.labelstudio.project import create_task, ensure_project, task_shas, upload_photo
+from annotator.labelstudio.project import create_task, ensure_project, set_model_version, task_shas, upload_photo
 from bookcounter.detector import Detector, DetectorProvider
 from bookcounter.errors import UserError
 from bookcounter.images import BadImage, decode_image, sha256_bytes
 from bookcounter.locks import file_lock
 from bookcounter.settings import Settings, get_settings
+from bookcounter.uncertainty import confidence, uncertainty
 
 if TYPE_CHECKING:
     from annotator.sam import Segmenter
@@ -70,6 +71,13 @@ class Masker:
         if detector is not None:
             parts.append(f"maskrcnn-v{detector.model_version}")
         self.model_version = "+".join(parts) or "none"
+
+    def confidence(self, image: Image.Image, found: list[tuple[np.ndarray, float]]) -> float:
+        """The prediction's ``score`` in Label Studio: the champion's count confidence
+        (:func:`bookcounter.uncertainty.confidence`); without a champion, the masks' mean score."""
+        if self.detector is None:
+            return float(np.mean([s for _, s in found]))
+        return confidence(uncertainty(self.detector, image))
 
     def __call__(self, image: Image.Image, sha256: str) -> list[tuple[np.ndarray, float]]:
         """(HxW bool mask, score) pairs at the image's size; empty masks dropped."""
@@ -144,6 +152,8 @@ def prelabel(
         existing = task_shas(settings, project_id)
         masker = masker or default_masker(settings, champion, sam_checkpoint)
         report.model_version = masker.model_version
+        if masker.detector is not None:  # the champion's predictions: its version is the project's
+            set_model_version(settings, project_id, masker.model_version)
         for path in tqdm(photos, desc="pre-labelling", unit="photo"):
             data = path.read_bytes()
             try:
@@ -172,7 +182,7 @@ def prelabel(
                 predictions.append(
                     {
                         "model_version": masker.model_version,
-                        "score": float(np.mean([s for _, s in found])),
+                        "score": masker.confidence(image, found),
                         "result": [brush_result(m, s) for m, s in found],
                     }
                 )

@@ -50,6 +50,7 @@ def main() -> None:
     p.add_argument("--ls-port", type=int, default=8189)
     args = p.parse_args()
     state = args.state_dir or Path(tempfile.mkdtemp(prefix="bookcounter-loop-replay-"))
+    state.mkdir(parents=True, exist_ok=True)
     os.environ["BOOKCOUNTER_STATE_DIR"] = str(state)
     os.environ["BOOKCOUNTER_LS_PORT"] = str(args.ls_port)
 
@@ -69,7 +70,7 @@ def main() -> None:
     sample = settings.sample_dir
     args.out.mkdir(parents=True, exist_ok=True)
     print(f"state dir {state}", file=sys.stderr)
-    start_server(settings)
+    start_server(settings, timeout=600)  # a loaded machine can take minutes
     try:
         held_out = read_coco(sample / "val.json", sample)[0] + read_coco(sample / "test.json", sample)[0]
         store = DatasetStore.from_settings()

@@ -4,9 +4,10 @@ Two measured candidates (``bench/least_sure_score.py``; README "Least sure first
 - ``flip``: the counts of the photo and of its mirror image differ by this many books. A
   model that is sure of each book finds it in both;
 - ``near``: the detections whose score lies within :data:`NEAR` of the counting threshold
-  (each could tip the count either way).
+  (each could tip the count either way), here per counted book.
 
-:func:`uncertainty` is the score the loop uses; :func:`confidence` maps it to (0, 1], the
+:func:`uncertainty` is the score the loop uses: ``near`` per detected book (measured best;
+README "Least sure first"); :func:`confidence` maps it to (0, 1], the
 ``score`` of a Label Studio prediction (higher = surer, so ascending order is least sure first).
 """
 
@@ -32,9 +33,12 @@ def near_threshold(scores: Sequence[float], threshold: float) -> int:
     return sum(abs(s - threshold) < NEAR for s in scores)
 
 
-def uncertainty(detector: Detector, image: Image.Image, found: Sequence[Instance] | None = None) -> float:
-    """The loop's least-sure score of ``image``: the flip disagreement (books)."""
-    return float(flip_disagreement(detector, image, found))
+def uncertainty(detector: Detector, image: Image.Image) -> float:
+    """The loop's least-sure score of ``image``: detections near the threshold per counted book,
+    ``near / (count + 1)`` (one prediction, down to ``threshold - NEAR``)."""
+    found = detector.predict(image, threshold=max(0.01, detector.threshold - NEAR))
+    count = sum(i.score >= detector.threshold for i in found)
+    return near_threshold([i.score for i in found], detector.threshold) / (count + 1)
 
 
 def confidence(unsure: float) -> float:

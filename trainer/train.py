@@ -208,7 +208,7 @@ def train(
         init_loaded = {**load_init(model, cfg.model, init, hub_dir or Path(torch.hub.get_dir())), **warm}
         if init_loaded["init"] == "":
             log(f"--init {cfg.init}: weights not in the torch hub cache (run 'bookcounter setup-models' online); training from scratch")
-            init_loaded = {"init": "none"}
+            init_loaded = {**warm, "init": "none"}
     if init_loaded["init"] != "none":
         init_loaded["frozen_parameters"] = freeze_stages(model, cfg.frozen_stages)
     model.to(device)
