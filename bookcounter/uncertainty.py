@@ -1,13 +1,14 @@
 """How unsure the champion is of a photo's count: what ``least-sure`` annotation order ranks by.
 
-Two measured candidates (``bench/least_sure_score.py``; README "Least sure first"):
+Candidates, measured (``bench/least_sure_score.py``; README "Least sure first and the learning curve"):
 - ``flip``: the counts of the photo and of its mirror image differ by this many books. A
   model that is sure of each book finds it in both;
 - ``near``: the detections whose score lies within :data:`NEAR` of the counting threshold
-  (each could tip the count either way), here per counted book.
+  (each could tip the count either way);
+- each of them per counted book (raw counts mostly grow with the number of books on the shelf).
 
-:func:`uncertainty` is the score the loop uses: ``near`` per detected book (measured best;
-README "Least sure first"); :func:`confidence` maps it to (0, 1], the
+:func:`uncertainty` is the score the loop uses: ``near`` per counted book, the one that ranked
+the count error best for both a weak and a stronger model; :func:`confidence` maps it to (0, 1], the
 ``score`` of a Label Studio prediction (higher = surer, so ascending order is least sure first).
 """
 

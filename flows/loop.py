@@ -61,7 +61,8 @@ def collect_flow() -> str | None:
 
 
 # A retrain fine-tunes the champion (``init: champion``) for this many minutes when it can;
-# measured against longer warm and cold starts in README "Warm start" (bench/warm_start.py).
+# measured against a longer warm and a 10-minute cold start in README "Warm start vs cold start"
+# (bench/warm_start.py).
 WARM_START_MINUTES = 5.0
 
 
