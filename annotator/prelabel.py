@@ -27,7 +27,13 @@ from tqdm import tqdm
 
 from annotator.labelstudio.label_config import IMAGE
 from annotator.labelstudio.mask_codec import brush_result
-from annotator.labelstudio.project import create_task, ensure_project, set_model_version, task_shas, upload_photo
+from annotator.labelstudio.project import (
+    create_task,
+    ensure_project,
+    set_model_version,
+    task_shas,
+    upload_photo,
+)
 from bookcounter.detector import Detector, DetectorProvider
 from bookcounter.errors import UserError
 from bookcounter.images import BadImage, decode_image, sha256_bytes

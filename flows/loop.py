@@ -116,8 +116,8 @@ def retrain_flow(
 
     The candidate fine-tunes the champion when there is one with the same network (else it
     starts from the pretrained default; model.json's ``init_loaded`` says which).
-    ``max_minutes`` is a training time budget (default: :data:`WARM_START_MINUTES` for a warm start); ``recipe`` overrides fields of the trainer's
-    default config, e.g. ``{"epochs": 20, "model": {"image_size": 384}}``.
+    ``max_minutes`` is a training time budget (default: :data:`WARM_START_MINUTES` for a warm
+    start); ``recipe`` overrides fields of the trainer's default config, e.g. ``{"epochs": 20, "model": {"image_size": 384}}``.
     """
     from trainer import registry
 

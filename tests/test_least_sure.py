@@ -8,7 +8,12 @@ from fixtures_labelstudio import save_photo
 from fixtures_trainer import synthetic_photo
 
 from annotator.labelstudio.client import client
-from annotator.labelstudio.project import LEAST_SURE_TAB, create_task, ensure_project, set_model_version
+from annotator.labelstudio.project import (
+    LEAST_SURE_TAB,
+    create_task,
+    ensure_project,
+    set_model_version,
+)
 from bookcounter.settings import Settings
 
 
