@@ -158,8 +158,6 @@ def prelabel(
         existing = task_shas(settings, project_id)
         masker = masker or default_masker(settings, champion, sam_checkpoint)
         report.model_version = masker.model_version
-        if masker.detector is not None:  # the champion's predictions: its version is the project's
-            set_model_version(settings, project_id, masker.model_version)
         for path in tqdm(photos, desc="pre-labelling", unit="photo"):
             data = path.read_bytes()
             try:
@@ -197,6 +195,10 @@ def prelabel(
             report.imported[path.name] = task_id
             report.predictions[path.name] = len(found)
             _move(path, inbox / DONE)
+        if masker.detector is not None and any(report.predictions.values()):
+            # the champion's predictions are the ones to sort by (Label Studio accepts a version
+            # only once predictions of it exist)
+            set_model_version(settings, project_id, masker.model_version)
     return report
 
 

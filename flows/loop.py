@@ -63,7 +63,7 @@ def collect_flow() -> str | None:
 # A retrain fine-tunes the champion (``init: champion``) for this many minutes when it can;
 # measured against a longer warm and a 10-minute cold start in README "Warm start vs cold start"
 # (bench/warm_start.py).
-WARM_START_MINUTES = 5.0
+WARM_START_MINUTES = 3.0
 
 
 def train_config(dataset: str, max_minutes: float | None, recipe: dict[str, Any] | None):
