@@ -27,12 +27,19 @@ from tqdm import tqdm
 
 from annotator.labelstudio.label_config import IMAGE
 from annotator.labelstudio.mask_codec import brush_result
-from annotator.labelstudio.project import create_task, ensure_project, task_shas, upload_photo
+from annotator.labelstudio.project import (
+    create_task,
+    ensure_project,
+    set_model_version,
+    task_shas,
+    upload_photo,
+)
 from bookcounter.detector import Detector, DetectorProvider
 from bookcounter.errors import UserError
 from bookcounter.images import BadImage, decode_image, sha256_bytes
 from bookcounter.locks import file_lock
 from bookcounter.settings import Settings, get_settings
+from bookcounter.uncertainty import NEAR, confidence, uncertainty_of
 
 if TYPE_CHECKING:
     from annotator.sam import Segmenter
@@ -65,6 +72,8 @@ class Prelabel:
 
     masks: list[tuple[np.ndarray, float]]
     predicted_count: int | None = None
+    score: float = 0.0  # the prediction's score in Label Studio: the champion's count confidence
+    # (bookcounter.uncertainty.confidence), or without a champion the masks' mean score
 
 
 class Masker:
@@ -81,10 +90,13 @@ class Masker:
         self.model_version = "+".join(parts) or "none"
 
     def __call__(self, image: Image.Image, sha256: str) -> Prelabel:
-        """The photo's masks (empty ones dropped) and the champion's count of it."""
-        count = None
+        """The photo's masks (empty ones dropped), the champion's count of it and how sure it is."""
+        count = unsure = None
         if self.detector is not None:
-            instances = self.detector.predict(image)
+            threshold = self.detector.threshold  # one prediction down to the "near" scores
+            found_near = self.detector.predict(image, threshold=max(0.01, threshold - NEAR))
+            unsure = uncertainty_of([i.score for i in found_near], threshold)
+            instances = [i for i in found_near if i.score >= threshold]
             count = len(instances)
             if self.segmenter is None:  # (c) the champion's own mask head
                 found = [(i.mask, i.score) for i in instances]
@@ -98,7 +110,9 @@ class Masker:
             found = self.segmenter.generate(self.segmenter.embed(image, sha256))
         else:  # (d)
             found = []
-        return Prelabel([(np.asarray(m, dtype=bool), float(s)) for m, s in found if np.any(m)], count)
+        masks = [(np.asarray(m, dtype=bool), float(s)) for m, s in found if np.any(m)]
+        score = confidence(unsure) if unsure is not None else float(np.mean([s for _, s in masks])) if masks else 0.0
+        return Prelabel(masks, count, score)
 
 
 def default_masker(settings: Settings, champion: DetectorProvider, sam_checkpoint: Path | None = None) -> Masker:
@@ -186,7 +200,7 @@ def prelabel(
                 predictions.append(
                     {
                         "model_version": masker.model_version,
-                        "score": float(np.mean([s for _, s in found])),
+                        "score": labelled.score,
                         "result": [brush_result(m, s) for m, s in found],
                     }
                 )
@@ -195,6 +209,10 @@ def prelabel(
             report.imported[path.name] = task_id
             report.predictions[path.name] = len(found)
             _move(path, inbox / DONE)
+        if masker.detector is not None and any(report.predictions.values()):
+            # the champion's predictions are the ones to sort by (Label Studio accepts a version
+            # only once predictions of it exist)
+            set_model_version(settings, project_id, masker.model_version)
     return report
 
 

@@ -3,94 +3,209 @@
 Round by round, ``--per-round`` train photos of the sample go into the inbox, ``prelabel``
 imports them (with the champion's predictions once there is one), the replay annotator submits
 their reference masks through Label Studio's API, and the ``loop`` flow collects a new dataset
-version, trains a candidate within ``--budget-minutes`` and promotes or rejects it against the
-champion on the frozen test split. The first version holds the sample's val and test photos
-only, so every train photo arrives through Label Studio.
+version, trains a candidate within ``--budget-minutes`` (fine-tuning the champion once there is
+one) and promotes or rejects it. The first version holds the sample's val and test photos
+only, so every train photo arrives through Label Studio, and no val or test photo of the
+sample ever reaches the inbox.
 
-Runs in its own state dir (default: a new temp dir) with its own Label Studio on
-``--ls-port``; prints one row per round:
+The learning curve is measured on one **fixed set**, frozen before round 1 and never trained
+on: the sample's test and val photos (15 + 34; val also picks each model's counting threshold,
+test picks nothing). Each round's champion is evaluated on it (count MAE, mask AP50).
 
-    .venv/bin/python bench/loop_replay.py --rounds 5 --per-round 20 --budget-minutes 10
+``--order`` picks which photos are annotated next: ``random`` (a seeded shuffle) or
+``least-sure`` (the same first round; then the photos the champion is least sure of, by
+:func:`bookcounter.uncertainty.uncertainty`). One row per round; ``--out`` collects one JSON
+per order and redraws ``learning_curve.png`` (MAE vs photos annotated, one line per order)
+after every round, so two runs (one per order) sharing ``--out`` end in one PNG:
+
+    .venv/bin/python bench/loop_replay.py --order random --out /tmp/curves --ls-port 8189
+    .venv/bin/python bench/loop_replay.py --order least-sure --out /tmp/curves --ls-port 8190
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+ORDERS = ("random", "least-sure")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--per-round", type=int, default=20, help="train photos annotated per round")
-    p.add_argument("--budget-minutes", type=float, default=10.0, help="training budget per round")
+    p.add_argument("--budget-minutes", type=float, default=None, help="training budget per round (default: the retrain flow's)")
+    p.add_argument("--order", choices=ORDERS, default="random", help="which inbox photos are annotated next")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random order (and of the first round of least-sure)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for training, scoring and evaluation")
+    p.add_argument("--out", type=Path, default=Path("var/bench/loop-replay"), help="curve JSON per order + learning_curve.png")
     p.add_argument("--state-dir", type=Path, default=None, help="default: a new temp dir")
     p.add_argument("--ls-port", type=int, default=8189)
     args = p.parse_args()
     state = args.state_dir or Path(tempfile.mkdtemp(prefix="bookcounter-loop-replay-"))
+    state.mkdir(parents=True, exist_ok=True)
     os.environ["BOOKCOUNTER_STATE_DIR"] = str(state)
     os.environ["BOOKCOUNTER_LS_PORT"] = str(args.ls_port)
+
+    import torch
 
     from annotator.coco_import import read_coco
     from annotator.labelstudio.server import start_server, stop_server
     from bookcounter.dataset_store import DatasetStore
     from bookcounter.settings import get_settings
+    from flows.prefect_server import configure_prefect
+
+    configure_prefect(get_settings())  # before Prefect is imported by the flows
     from flows.loop import loop_flow
     from flows.prelabel import prelabel_flow
-    from flows.replay import reference_masks, replay
-    from trainer import promote
+    from flows.replay import SECONDS_PER_BOOK, reference_masks, replay
+    from trainer import promote, registry
 
+    torch.set_num_threads(args.threads)
     settings = get_settings()
     sample = settings.sample_dir
+    args.out.mkdir(parents=True, exist_ok=True)
     print(f"state dir {state}", file=sys.stderr)
-    start_server(settings)
+    start_server(settings, timeout=600)  # a loaded machine can take minutes
     try:
         held_out = read_coco(sample / "val.json", sample)[0] + read_coco(sample / "test.json", sample)[0]
-        DatasetStore.from_settings().commit(held_out, source={"name": "open-shelves", "licence": "CC BY 4.0"})
-        train, _ = read_coco(sample / "train.json", sample)
-        train.sort(key=lambda item: item.file_name)
+        store = DatasetStore.from_settings()
+        fixed = store.commit(held_out, source={"name": "open-shelves", "licence": "CC BY 4.0"}).version
+        fixed_shas = {im["sha256"] for im in fixed.coco()["images"]}
+        pool, _ = read_coco(sample / "train.json", sample)
+        pool.sort(key=lambda item: item.file_name)
+        random.Random(args.seed).shuffle(pool)
         references = reference_masks(sample / "train.json", sample)
-        rows = []
+        rows: list[dict[str, Any]] = []
+        annotated, seconds, measured = 0, 0.0, {}
         for r in range(args.rounds):
-            batch = train[r * args.per_round:(r + 1) * args.per_round]
-            if not batch:
+            if not pool:
                 break
             t0 = time.monotonic()
+            champion = registry.champion()
+            batch = next_batch(pool, args.per_round, args.order, champion and registry.load_predictor(champion.version, device="cpu"))
+            pool = [item for item in pool if all(item is not b for b in batch)]
             settings.inbox_dir.mkdir(parents=True, exist_ok=True)
             for item in batch:
                 (settings.inbox_dir / Path(item.file_name).name).write_bytes(item.data)
             prelabel_flow()
             replay(settings, references)
-            loop_flow(max_minutes=args.budget_minutes)
+            annotated += len(batch)
+            seconds += sum(SECONDS_PER_BOOK * len(references[item.sha256]) for item in batch)
+            loop_flow(max_minutes=args.budget_minutes, recipe={"threads": args.threads})
             d = promote.history()[-1]
-            cm, ch = d.get("candidate_metrics") or {}, d.get("champion_metrics") or {}
-            rows.append([
-                r + 1, (r + 1) * args.per_round, d["dataset_version"], d["candidate"],
-                _f(cm.get("count_mae")), _f(ch.get("count_mae") if ch else d.get("baseline_count_mae")),
-                _f(cm.get("segm_AP")), _f(ch.get("segm_AP")), d["decision"], f"{(time.monotonic() - t0) / 60:.1f}",
-            ])
-            _print(rows)
+            trained_on = {im["sha256"] for im in store.get(d["dataset_version"]).coco("train")["images"]}
+            if trained_on & fixed_shas:
+                raise SystemExit(f"{d['dataset_version']}: {len(trained_on & fixed_shas)} fixed-set photos in the train split")
+            champion = registry.champion()
+            if champion is not None and champion.version not in measured:
+                measured[champion.version] = fixed_set_metrics(registry.model_dir(champion.version), fixed)
+            m = measured.get(champion.version, {}) if champion else {}
+            rows.append({
+                "round": r + 1, "photos": annotated, "annotator_s": seconds, "dataset": d["dataset_version"],
+                "candidate": d["candidate"], "decision": d["decision"], "champion": champion.version if champion else None,
+                "count_mae": m.get("count_mae"), "segm_AP50": m.get("segm_AP50"),
+                "prelabel": prelabel_quality(store.get(d["dataset_version"]).manifest().get("report", {})),
+                "minutes": (time.monotonic() - t0) / 60,
+            })
+            _print(rows, args.order)
+            (args.out / f"curve-{args.order}.json").write_text(json.dumps({"order": args.order, "rounds": rows}, indent=2))
+            plot(args.out)
     finally:
         stop_server(settings)
 
 
-HEADER = ["round", "photos annotated", "dataset", "candidate", "cand. MAE", "champ. MAE*", "cand. mask AP",
-          "champ. mask AP", "decision", "minutes"]
+def next_batch(pool: list, n: int, order: str, champion) -> list:
+    """The next ``n`` photos of ``pool`` (in its shuffled order): the first ones, or for
+    ``least-sure`` with a champion the ones it is least sure of (ties keep the pool's order)."""
+    if order == "random" or champion is None or len(pool) <= n:
+        return pool[:n]
+    from tqdm import tqdm
+
+    from bookcounter.images import decode_image
+    from bookcounter.uncertainty import uncertainty
+
+    scores = [uncertainty(champion, decode_image(item.data, item.file_name)) for item in tqdm(pool, desc="least-sure scores")]
+    ranked = sorted(range(len(pool)), key=lambda i: -scores[i])
+    return [pool[i] for i in ranked[:n]]
 
 
-def _print(rows: list[list]) -> None:
-    widths = [max(len(str(x)) for x in col) for col in zip(HEADER, *rows)]
-    for row in [HEADER, *rows]:
+def fixed_set_metrics(model_dir: Path, version) -> dict[str, float]:
+    """Count MAE and mask AP on the fixed set: every photo of ``version`` (the sample's val + test)."""
+    from trainer.evaluate import detect, metrics
+    from trainer.predictor import Predictor
+
+    predictor = Predictor(model_dir, device="cpu")
+    results = detect(predictor, version, "val") + detect(predictor, version, "test")
+    gt = version.coco()
+    return metrics(gt, results, predictor.threshold)
+
+
+def prelabel_quality(report: dict[str, Any]) -> str:
+    """Pre-label recall / precision from collect's report of the version, when it has them."""
+    found = {k: v for k, v in _flatten(report).items() if isinstance(v, (int, float)) and ("recall" in k or "precision" in k)}
+    rec = next((v for k, v in found.items() if "recall" in k), None)
+    prec = next((v for k, v in found.items() if "precision" in k), None)
+    return "-" if rec is None and prec is None else f"R {_f(rec, 2)} / P {_f(prec, 2)}"
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def plot(out: Path) -> Path:
+    """``out/learning_curve.png``: fixed-set count MAE vs photos annotated, one line per curve JSON in ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for path in sorted(out.glob("curve-*.json")):
+        curve = json.loads(path.read_text())
+        pts = [(r["photos"], r["count_mae"]) for r in curve["rounds"] if r["count_mae"] is not None]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=curve["order"])
+    ax.set_xlabel("photos annotated")
+    ax.set_ylabel("count MAE, fixed set (sample val + test, 49 photos)")
+    ax.set_title("Learning curve of the loop (each round's champion)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "learning_curve.png", dpi=100)
+    plt.close(fig)
+    return out / "learning_curve.png"
+
+
+HEADER = ["round", "photos annotated", "annotator-s", "dataset", "candidate", "decision", "champion", "fixed MAE",
+          "fixed mask AP50", "pre-label R/P", "minutes"]
+
+
+def _print(rows: list[dict[str, Any]], order: str) -> None:
+    table = [[r["round"], r["photos"], f"{r['annotator_s']:.0f}", r["dataset"], r["candidate"], r["decision"], r["champion"] or "-",
+              _f(r["count_mae"]), _f(r["segm_AP50"]), r["prelabel"], f"{r['minutes']:.1f}"] for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(HEADER, *table)]
+    print(f"order: {order}")
+    for row in [HEADER, *table]:
         print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))
-    print("* with no champion yet: the constant median-count baseline\n", flush=True)
+    print(f"fixed set: the sample's val + test photos; load average {os.getloadavg()[0]:.1f}\n", flush=True)
 
 
-def _f(v: float | None) -> str:
-    return "-" if v is None else f"{v:.3f}"
+def _f(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
 
 
 if __name__ == "__main__":

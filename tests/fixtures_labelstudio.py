@@ -109,7 +109,7 @@ class BoxesFromLayout:
     def __init__(self, max_boxes: int = 100):
         self.max_boxes = max_boxes
 
-    def predict(self, image: Image.Image) -> list[Found]:
+    def predict(self, image: Image.Image, threshold: float | None = None) -> list[Found]:
         a = np.asarray(image.convert("RGB"), np.int16)
         h, w = a.shape[:2]
         book = np.abs(a - np.array([235, 225, 205])).sum(axis=2) > 30

