@@ -112,7 +112,7 @@ def stop_command(
 
 def demo(
     first_train_photos: int = typer.Option(40, help="Train photos in the first dataset version; the rest go through the inbox."),
-    budget_minutes: float = typer.Option(15.0, help="Training time budget of each of the two trainings, in minutes."),
+    budget_minutes: float = typer.Option(15.0, help="Training time budget of the first training (and of the second when the first was rejected), in minutes; the second fine-tunes a champion for the trainer's warm-start budget (3 min)."),
 ) -> None:
     """Run the whole loop for real on the sample photos (open-shelves, BOOKCOUNTER_SAMPLE_DIR):
     first version -> first model -> inbox -> prelabel -> replayed annotations -> collect ->

@@ -5,7 +5,8 @@
 2. train the first model (a CPU budget) and run the promotion rule on it;
 3. drop the other train photos into the inbox; ``prelabel`` imports them into Label Studio;
 4. a replay annotator submits their reference masks through Label Studio's API;
-5. ``loop``: collect -> new version -> retrain -> evaluate against the champion -> decision;
+5. ``loop``: collect -> new version -> retrain (fine-tuning the champion, if any) -> evaluate
+   against the champion -> decision;
 6. start the UIs and the counting server, turn the ML backend's retraining trigger back on;
    print a summary.
 
@@ -88,7 +89,9 @@ def run_demo(settings: Settings, first_train_photos: int = 40, budget_minutes: f
     console.print(f"{len(annotated)} task(s) annotated")
 
     _step(5, "loop: collect -> new version -> retrain -> promote or reject")
-    loop_flow(max_minutes=budget_minutes)
+    # With a champion the retrain fine-tunes it for the trainer's measured warm-start budget;
+    # without one it starts cold, with the demo's budget.
+    loop_flow(max_minutes=None if champion_first else budget_minutes)
 
     _step(6, "start the counting server and the UIs")
     urls = _start_services(settings)

@@ -65,26 +65,15 @@ def collect_flow() -> str | None:
     return made["version"]
 
 
-# A retrain fine-tunes the champion (``init: champion``) for this many minutes when it can;
-# measured against a longer warm and a 10-minute cold start in README "Warm start vs cold start"
-# (bench/warm_start.py).
-WARM_START_MINUTES = 3.0
-
-
 def train_config(dataset: str, max_minutes: float | None, recipe: dict[str, Any] | None):
-    """The trainer's default recipe for this device, fine-tuning the champion, with ``recipe``
-    overrides (``model`` merged key by key). With no ``max_minutes`` (in either), a warm start
-    gets :data:`WARM_START_MINUTES`; a cold one the trainer's own default."""
-    from trainer.train import CHAMPION_INIT, default_train_config, resolve_init
+    """The trainer's default recipe for this device, fine-tuning the champion (the trainer's
+    warm-start budget unless ``max_minutes`` is given), with ``recipe`` overrides."""
+    from trainer.train import CHAMPION_INIT, default_train_config
 
     overrides = {"init": CHAMPION_INIT, **(recipe or {})}
     if max_minutes is not None:
         overrides["max_minutes"] = max_minutes
-    cfg = default_train_config(dataset, overrides=overrides)
-    warm = resolve_init(cfg, log=lambda _: None)[1].get("init") == CHAMPION_INIT
-    if cfg.max_minutes is None and warm:
-        cfg = default_train_config(dataset, overrides={**overrides, "max_minutes": WARM_START_MINUTES})
-    return cfg
+    return default_train_config(dataset, overrides=overrides)
 
 
 @task(timeout_seconds=4 * 3600)
@@ -121,8 +110,8 @@ def retrain_flow(
 
     The candidate fine-tunes the champion when there is one with the same network (else it
     starts from the pretrained default; model.json's ``init_loaded`` says which).
-    ``max_minutes`` is a training time budget (default: :data:`WARM_START_MINUTES` for a warm
-    start); ``recipe`` overrides fields of the trainer's default config, e.g. ``{"epochs": 20, "model": {"image_size": 384}}``.
+    ``max_minutes`` is a training time budget (default: the trainer's ``WARM_START_MINUTES`` for a
+    warm start); ``recipe`` overrides fields of the trainer's default config, e.g. ``{"epochs": 20, "model": {"image_size": 384}}``.
     """
     from trainer import promote, registry
 

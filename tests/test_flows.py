@@ -144,7 +144,7 @@ def test_a_prefect_retrain_and_bookcounter_train_build_the_same_config(
     monkeypatch.setattr(trainer.train, "train_and_save", capture)
     with pytest.raises(_Captured) as flow:
         retrain_flow(dataset="v0001", max_minutes=max_minutes)
-    args = ["train", "--dataset", "v0001", "--no-register"] + (["--max-minutes", str(max_minutes)] if max_minutes else [])
+    args = ["train", "--dataset", "v0001", "--init", "champion", "--no-register"] + (["--max-minutes", str(max_minutes)] if max_minutes else [])
     cli = CliRunner().invoke(app, args)
     assert isinstance(cli.exception, _Captured), cli.output
     flow_cfg, cli_cfg = flow.value.args[0], cli.exception.args[0]

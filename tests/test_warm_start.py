@@ -37,7 +37,8 @@ def test_champion_of_another_network_means_a_cold_start(tiny_champion, tiny_data
 
 
 def test_retrain_flow_config_warm_starts_with_its_budget(tiny_champion, tiny_dataset, monkeypatch) -> None:
-    from flows.loop import WARM_START_MINUTES, train_config
+    from flows.loop import train_config
+    from trainer.train import WARM_START_MINUTES
 
     monkeypatch.setattr("trainer.train.default_device", lambda: "cpu")
     recipe = {k: v for k, v in tiny_train_config("x").to_dict().items() if k not in ("dataset", "epochs", "init")}

