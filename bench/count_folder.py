@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serving_load import free_port, run_clients, wait_ready
+from serving_load import Server, free_port, steady, wait_ready
 
 
 def load() -> str:
@@ -171,13 +171,13 @@ def main() -> None:
             server = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)],
                                       stdout=log, stderr=subprocess.STDOUT)
             try:
-                wait_ready(base, server, 300)
+                model = wait_ready(base, server, 300)
                 results["post"] = post_all(base, photos, 2)
                 print(f"POST /count, 2 clients, all photos: {results['post']:.2f} photos/s ({load()})")
-                latencies, errors, _, wall = run_clients(base, photos[0].read_bytes(), 2, args.seconds)
-                results["serving_load"] = len(latencies) / wall
+                steady_results, wall = steady(Server(base, model, server.pid, None), photos[0].read_bytes(), 2, args.seconds)
+                results["serving_load"] = len(steady_results.counts) / wall
                 print(f"serving_load.py (2 clients, 1 photo, {args.seconds:g} s): {results['serving_load']:.2f} photos/s, "
-                      f"{len(errors)} errors; server peak RSS {peak_rss_mb(server.pid):.0f} MB ({load()})")
+                      f"{len(steady_results.errors)} errors; server peak RSS {peak_rss_mb(server.pid):.0f} MB ({load()})")
             finally:
                 server.terminate()
                 server.wait(timeout=30)
