@@ -79,7 +79,7 @@ def test_backup_while_running_wipe_restore(tmp_path: Path, monkeypatch: pytest.M
         assert collect().version.name == "v0002"
         mask[8:56, 40:52] = True
         ls.annotations.create(id=second, result=[brush_result(mask)], lead_time=4.0)  # only in Label Studio's database
-        assert pending_annotations(s) == 1
+        assert pending_annotations(s).count == 1
         secrets = state / "secrets.env"
         if not secrets.is_file():
             secrets.write_text("# stands in for the generated secrets\n")
@@ -124,7 +124,7 @@ def test_backup_while_running_wipe_restore(tmp_path: Path, monkeypatch: pytest.M
     start_server(s, timeout=LS_START_TIMEOUT_S)  # on the restored database
     try:
         assert annotations_of(s) == before["annotations"]
-        assert pending_annotations(s) == 1
+        assert pending_annotations(s).count == 1
         made = collect()
         assert made is not None and made.version.name == "v0003"  # the annotation that was only in Label Studio
         assert collect() is None  # and no duplicate version
