@@ -23,7 +23,6 @@ complete, so a killed backup leaves no folder that looks finished.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from bookcounter.errors import UserError
+from bookcounter.images import sha256_file
 from bookcounter.locks import file_lock
 from bookcounter.settings import Settings
 
@@ -128,20 +128,12 @@ def _copy_one(src: Path, dst: Path) -> dict[str, Any]:
         shutil.copyfile(src, dst)
         kind = "file"
     os.chmod(dst, 0o600)
-    return {"kind": kind, "size": dst.stat().st_size, "sha256": _sha256(dst), "mode": oct(mode)}
+    return {"kind": kind, "size": dst.stat().st_size, "sha256": sha256_file(dst), "mode": oct(mode)}
 
 
 def _is_sqlite(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_manifest(src: Path) -> dict[str, Any]:
@@ -166,7 +158,7 @@ def restore(settings: Settings, src: Path) -> dict[str, Any]:
         path = src / FILES / rel
         if not path.is_file():
             raise BackupError(f"{src}: {rel} is missing from the backup")
-        if _sha256(path) != info["sha256"]:
+        if sha256_file(path) != info["sha256"]:
             raise BackupError(f"{src}: {rel} does not match its sha256 in the manifest; the backup is damaged")
     for rel, info in manifest["files"].items():
         dst = state / rel

@@ -20,6 +20,7 @@ from label_studio_sdk.core import ApiError
 from annotator.labelstudio.client import api_errors, checked, client, raw_requests
 from annotator.labelstudio.errors import LabelStudioError
 from annotator.labelstudio.label_config import LABEL_CONFIG
+from annotator.labelstudio.views import ensure_view
 from bookcounter.locks import file_lock
 from bookcounter.settings import Settings
 
@@ -171,23 +172,13 @@ def ensure_least_sure_tab(settings: Settings, project_id: int) -> int:
     """The project's saved Data Manager tab :data:`LEAST_SURE_TAB`: tasks with no annotation yet,
     lowest prediction ``score`` first (the score is the champion's count confidence, see
     ``bookcounter.uncertainty``). Created once; a re-run finds it (and resets its filter and order)."""
-    data = {
-        "title": LEAST_SURE_TAB,
+    return ensure_view(settings, project_id, LEAST_SURE_TAB, {
         "ordering": ["tasks:predictions_score"],
         "filters": {
             "conjunction": "and",
             "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
         },
-    }
-    ls = client(settings)
-    with file_lock(settings.run_dir / "labelstudio-views.lock"), api_errors(settings, f"save the tab {LEAST_SURE_TAB!r}"):
-        found = [v for v in ls.views.list(project=project_id) if (v.data or {}).get("title") == LEAST_SURE_TAB]
-        if not found:
-            return ls.views.create(project=project_id, data=data).id
-        view = min(found, key=lambda v: v.id)
-        if {k: (view.data or {}).get(k) for k in data} != data:
-            ls.views.update(id=str(view.id), project=project_id, data={**(view.data or {}), **data})
-        return view.id
+    })
 
 
 def set_model_version(settings: Settings, project_id: int, model_version: str) -> None:
