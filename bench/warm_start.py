@@ -4,7 +4,7 @@ The champion to warm from is ``--champion DIR`` (a model trained on a subset), o
 the sample (by file name) for ``--v1-minutes``, registered and made champion. The **new
 version** is then the whole sample (100 train photos; the same val and test). On it, each
 ``--runs`` entry trains for its minutes: ``warm:M`` with ``init: champion`` (fine-tunes v1),
-``cold:M`` with the pretrained default (``init: imagenet``). Threads 1 each; ``--parallel``
+``cold:M`` with the pretrained default (``init: imagenet``); ``warm:M:LR`` with learning rate LR. ``--threads`` each (1); ``--parallel``
 runs them at the same time (one process each, so they share the load alike). The counting
 operating point is chosen on val, as always; test picks nothing.
 
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 
-def train_and_report(kind: str, minutes: float, dataset: str) -> dict:
+def train_and_report(kind: str, minutes: float, lr: float | None, dataset: str, threads: int) -> dict:
     import torch
 
     from bookcounter.dataset_store import DatasetStore
@@ -31,14 +31,15 @@ def train_and_report(kind: str, minutes: float, dataset: str) -> dict:
     from trainer.evaluate import evaluate_model
     from trainer.train import default_train_config, train_and_save
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     store = DatasetStore.from_settings()
     init = "champion" if kind == "warm" else "imagenet"
-    cfg = default_train_config(dataset, "cpu", {"max_minutes": minutes, "threads": 1, "init": init})
+    cfg = default_train_config(dataset, "cpu", {"max_minutes": minutes, "threads": threads, "init": init, **({"lr": lr} if lr else {})})
+    name = f"{kind}-{minutes:g}min" + (f"-lr{lr:g}" if lr else "")
     load0 = os.getloadavg()[0]
-    out = train_and_save(cfg, store, get_settings().runs_dir / f"{kind}-{minutes:g}min-{dataset}", progress=False, log=lambda _: None)
+    out = train_and_save(cfg, store, get_settings().runs_dir / f"{name}-{dataset}", progress=False, log=lambda _: None)
     meta = json.loads((out / "model.json").read_text())
-    row = {"run": f"{kind}:{minutes:g}", "init_loaded": meta["init_loaded"].get("init"), "iterations": len(meta["iter_losses"]),
+    row = {"run": f"{kind}:{minutes:g}", "lr": cfg.lr, "init_loaded": meta["init_loaded"].get("init"), "iterations": len(meta["iter_losses"]),
            "first_loss": meta["iter_losses"][0], "load_start": round(load0, 1), "load_end": round(os.getloadavg()[0], 1)}
     for split in ("val", "test"):
         m = evaluate_model(out, store.get(dataset), split, progress=False)["metrics"]
@@ -51,7 +52,9 @@ def main() -> None:
     p.add_argument("--v1-photos", type=int, default=40)
     p.add_argument("--v1-minutes", type=float, default=5.0)
     p.add_argument("--champion", type=Path, help="a model directory trained on a subset to warm from, instead of training v1")
-    p.add_argument("--runs", nargs="+", default=["warm:3", "warm:5", "cold:10"], help="warm:MINUTES or cold:MINUTES")
+    p.add_argument("--runs", nargs="+", default=["warm:3", "warm:5", "cold:10"],
+                   help="warm:MINUTES or cold:MINUTES, with :LR to override the learning rate (e.g. warm:3:3e-4)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     p.add_argument("--parallel", action="store_true", help="train the runs at the same time, one process each")
     p.add_argument("--state-dir", type=Path, default=None, help="default: a new temp dir")
     args = p.parse_args()
@@ -77,13 +80,14 @@ def main() -> None:
     if registry.champion() is None:
         v1 = store.commit(train[: args.v1_photos] + held_out, source=source).version
         print(f"v1: {v1.name} ({args.v1_photos} train photos), cold, {args.v1_minutes:g} min", flush=True)
-        row = train_and_report("cold", args.v1_minutes, v1.name)
+        row = train_and_report("cold", args.v1_minutes, None, v1.name, args.threads)
         print(json.dumps(row), flush=True)
         info = registry.register(get_settings().runs_dir / f"cold-{args.v1_minutes:g}min-{v1.name}" / "model")
         registry.set_champion(info.version)
     new = store.commit(train + held_out, source=source).version
     print(f"new version {new.name}: {len(new.coco('train')['images'])} train photos; champion v{registry.champion().version}", flush=True)
-    runs = [(r.split(":")[0], float(r.split(":")[1]), new.name) for r in args.runs]
+    runs = [(kind, float(minutes), float(lr[0]) if lr else None, new.name, args.threads)
+            for kind, minutes, *lr in (r.split(":") for r in args.runs)]
     t0 = time.monotonic()
     if args.parallel:
         with multiprocessing.get_context("spawn").Pool(len(runs)) as pool:

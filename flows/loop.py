@@ -110,8 +110,8 @@ def retrain_flow(
 
     The candidate fine-tunes the champion when there is one with the same network (else it
     starts from the pretrained default; model.json's ``init_loaded`` says which).
-    ``max_minutes`` is a training time budget (default: the trainer's ``WARM_START_MINUTES`` for a
-    warm start); ``recipe`` overrides fields of the trainer's default config, e.g. ``{"epochs": 20, "model": {"image_size": 384}}``.
+    ``max_minutes`` is a training time budget (default: the trainer's ``WARM_START`` or
+    ``COLD_START`` budget); ``recipe`` overrides fields of the trainer's default config, e.g. ``{"epochs": 20, "model": {"image_size": 384}}``.
     """
     from trainer import promote, registry
 

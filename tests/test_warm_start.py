@@ -36,12 +36,15 @@ def test_champion_of_another_network_means_a_cold_start(tiny_champion, tiny_data
     assert f"champion version {tiny_champion.version} has another network (width)" == recorded["cold_start_reason"]
 
 
-def test_retrain_flow_config_warm_starts_with_its_budget(tiny_champion, tiny_dataset, monkeypatch) -> None:
+def test_retrain_flow_config_warm_or_cold_starts_with_its_budget(tiny_champion, tiny_dataset, monkeypatch) -> None:
     from flows.loop import train_config
-    from trainer.train import WARM_START_MINUTES
+    from trainer.train import COLD_START, WARM_START, TrainConfig
 
     monkeypatch.setattr("trainer.train.default_device", lambda: "cpu")
-    recipe = {k: v for k, v in tiny_train_config("x").to_dict().items() if k not in ("dataset", "epochs", "init")}
+    recipe = {k: v for k, v in tiny_train_config("x").to_dict().items() if k not in ("dataset", "epochs", "init", "lr")}
     cfg = train_config(tiny_dataset.version.name, None, recipe)
-    assert cfg.init == "champion" and cfg.max_minutes == WARM_START_MINUTES
+    assert cfg.init == "champion" and (cfg.max_minutes, cfg.lr) == (WARM_START["max_minutes"], WARM_START["lr"])
     assert train_config(tiny_dataset.version.name, 2.0, recipe).max_minutes == 2.0
+    # no champion whose network fits: a cold start on its own budget, at the recipe's learning rate
+    cold = train_config(tiny_dataset.version.name, None, {**recipe, "model": {**recipe["model"], "width": 16}})
+    assert (cold.max_minutes, cold.lr) == (COLD_START["max_minutes"], TrainConfig.lr)

@@ -74,9 +74,9 @@ def default_train_config(dataset: str, device: str | None = None, overrides: dic
     """The one place a training config is made (CLI, flows, benches): the defaults, then the
     device's recipe (:data:`DEVICE_RECIPES`), then ``overrides`` (``model`` merged key by key).
 
-    A warm start (``init: champion`` and a champion whose network fits) with no ``max_minutes``
-    gets :data:`WARM_START_MINUTES`. With ``max_minutes`` and no ``epochs`` given, the time
-    budget alone ends the run.
+    With ``init: champion``, what ``overrides`` leave unset comes from :data:`WARM_START` when the
+    champion's network fits (a fine-tune), else from :data:`COLD_START`. With ``max_minutes``
+    and no ``epochs`` given, the time budget alone ends the run.
     """
     device = device or default_device()
     merged = TrainConfig(dataset=dataset, device=device).to_dict()
@@ -86,9 +86,10 @@ def default_train_config(dataset: str, device: str | None = None, overrides: dic
         layer = dict(layer)
         merged["model"].update(layer.pop("model", {}))
         merged.update(layer)
+    if merged["init"] == CHAMPION_INIT:
+        warm = resolve_init(TrainConfig.from_dict(merged), log=lambda _: None)[1].get("init")
+        merged.update({k: v for k, v in (WARM_START if warm else COLD_START).items() if overrides.get(k) is None})
     cfg = TrainConfig.from_dict(merged)
-    if cfg.max_minutes is None and cfg.init == CHAMPION_INIT and resolve_init(cfg, log=lambda _: None)[1].get("init"):
-        cfg.max_minutes = WARM_START_MINUTES  # a warm start: the measured fine-tuning budget
     if cfg.max_minutes is not None and "epochs" not in overrides:
         cfg.epochs = 10_000
     return cfg
@@ -147,9 +148,12 @@ def open_version(store: DatasetStore, name: str) -> DatasetVersion:
 
 
 CHAMPION_INIT = "champion"
-# A warm start with no budget given fine-tunes for this many minutes: measured against a longer
-# warm and a 10-minute cold start in README "Warm start vs cold start" (bench/warm_start.py).
-WARM_START_MINUTES = 3.0
+# What ``init: champion`` (the retrain flow's) sets unless given, measured in README "Warm start
+# vs cold start" (bench/warm_start.py): a short fine-tune of the champion at a lower peak learning
+# rate, or, with no champion whose network fits, a cold start on a time budget rather than the
+# epoch count, so that a small first version still gets enough iterations.
+WARM_START: dict[str, Any] = {"max_minutes": 3.0, "lr": 3e-4}
+COLD_START: dict[str, Any] = {"max_minutes": 10.0}
 COLD_INIT = "imagenet"  # what ``--init champion`` falls back to: the pretrained default
 
 
