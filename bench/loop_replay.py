@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -83,6 +84,7 @@ def main() -> None:
         pool.sort(key=lambda item: item.file_name)
         random.Random(args.seed).shuffle(pool)
         references = reference_masks(sample / "train.json", sample)
+        baseline = fixed_set_baseline(fixed, [len(r) for r in references.values()])
         rows: list[dict[str, Any]] = []
         annotated, seconds, measured = 0, 0.0, {}
         for r in range(args.rounds):
@@ -116,7 +118,7 @@ def main() -> None:
                 "minutes": (time.monotonic() - t0) / 60,
             })
             _print(rows, args.order)
-            (args.out / f"curve-{args.order}.json").write_text(json.dumps({"order": args.order, "rounds": rows}, indent=2))
+            (args.out / f"curve-{args.order}.json").write_text(json.dumps({"order": args.order, "baseline_count_mae": baseline, "rounds": rows}, indent=2))
             plot(args.out)
     finally:
         stop_server(settings)
@@ -148,6 +150,14 @@ def fixed_set_metrics(model_dir: Path, version) -> dict[str, float]:
     return metrics(gt, results, predictor.threshold)
 
 
+def fixed_set_baseline(version, train_counts: list[int]) -> float:
+    """Count MAE on the fixed set of always saying the median count of the sample's train photos."""
+    from trainer.evaluate import count_errors, true_counts
+
+    truth = list(true_counts(version.coco()).values())
+    return count_errors(truth, [statistics.median(train_counts)] * len(truth))["count_mae"]
+
+
 def prelabel_quality(report: dict[str, Any]) -> str:
     """Pre-label recall / precision from collect's report of the version, when it has them."""
     found = {k: v for k, v in _flatten(report).items() if isinstance(v, (int, float)) and ("recall" in k or "precision" in k)}
@@ -174,11 +184,16 @@ def plot(out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    baseline = None
     for path in sorted(out.glob("curve-*.json")):
         curve = json.loads(path.read_text())
+        baseline = curve.get("baseline_count_mae", baseline)
         pts = [(r["photos"], r["count_mae"]) for r in curve["rounds"] if r["count_mae"] is not None]
-        if pts:
-            ax.plot(*zip(*pts), marker="o", label=curve["order"])
+        if pts:  # a step: the champion stays until the next promotion
+            ax.step(*zip(*pts), where="post", marker="o", label=curve["order"])
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", linestyle="--", label="median train count, always")
+    ax.set_ylim(bottom=0)
     ax.set_xlabel("photos annotated")
     ax.set_ylabel("count MAE, fixed set (sample val + test, 49 photos)")
     ax.set_title("Learning curve of the loop (each round's champion)")
