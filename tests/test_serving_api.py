@@ -33,8 +33,8 @@ def predictor(tiny_model_dir: Path):
     return Predictor(tiny_model_dir)
 
 
-def test_count_is_what_the_model_finds_with_masks_in_original_pixels(served_champion: Served, predictor) -> None:
-    photo, books = synthetic_photo(7, 4)
+def test_count_is_what_the_model_finds_with_masks_in_original_pixels(served_champion: Served, predictor, counted_photo) -> None:
+    photo, books = counted_photo
     r = httpx.post(f"{served_champion.url}/count", files={"image": ("shelf.png", encode(photo), "image/png")}, timeout=60)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -55,8 +55,8 @@ def test_count_is_what_the_model_finds_with_masks_in_original_pixels(served_cham
     assert any(found[b].mean() > 0.5 for b in books)
 
 
-def test_overlay_is_a_png_with_every_counted_book_drawn(served_champion: Served) -> None:
-    photo, _ = synthetic_photo(7, 4)
+def test_overlay_is_a_png_with_every_counted_book_drawn(served_champion: Served, counted_photo) -> None:
+    photo, _ = counted_photo
     big = photo.resize((288, 288), Image.Resampling.NEAREST)  # larger than the model's 96 px
     data = encode(big)
     counted = httpx.post(f"{served_champion.url}/count", content=data, headers={"content-type": "image/png"}, timeout=60).json()
