@@ -4,12 +4,15 @@ The champion to warm from is ``--champion DIR`` (a model trained on a subset), o
 the sample (by file name) for ``--v1-minutes``, registered and made champion. The **new
 version** is then the whole sample (100 train photos; the same val and test). On it, each
 ``--runs`` entry trains for its minutes: ``warm:M`` with ``init: champion`` (fine-tunes v1),
-``cold:M`` with the pretrained default (``init: imagenet``); ``warm:M:LR`` with learning rate LR. ``--threads`` each (1); ``--parallel``
+``cold:M`` with the pretrained default (``init: imagenet``); ``warm:M:LR`` with learning rate LR. Fields
+``key=value`` override any other training setting, e.g. ``warm:epochs=1:warmup_iters=5`` trains one
+epoch (a fixed number of iterations, whatever the load) with a 5-iteration warmup. ``--threads`` each (1); ``--parallel``
 runs them at the same time (one process each, so they share the load alike). The counting
 operating point is chosen on val, as always; test picks nothing.
 
     .venv/bin/python bench/warm_start.py --v1-minutes 5 --runs warm:3 warm:5 cold:10 --parallel
     .venv/bin/python bench/warm_start.py --champion DEMO_STATE/runs/v0001-.../model --parallel
+    .venv/bin/python bench/warm_start.py --champion DIR --runs warm:epochs=1 warm:epochs=1:warmup_iters=5
 """
 
 from __future__ import annotations
@@ -23,7 +26,19 @@ import time
 from pathlib import Path
 
 
-def train_and_report(kind: str, minutes: float, lr: float | None, dataset: str, threads: int) -> dict:
+def parse_run(spec: str) -> tuple[str, dict]:
+    """``warm|cold[:MINUTES[:LR]][:key=value...]`` -> (kind, training overrides)."""
+    kind, *fields = spec.split(":")
+    overrides: dict = {}
+    positional = [f for f in fields if "=" not in f]
+    for key, value in (f.split("=", 1) for f in fields if "=" in f):
+        overrides[key] = json.loads(value)
+    for key, value in zip(("max_minutes", "lr"), positional):
+        overrides[key] = float(value)
+    return kind, overrides
+
+
+def train_and_report(kind: str, overrides: dict, dataset: str, threads: int) -> dict:
     import torch
 
     from bookcounter.dataset_store import DatasetStore
@@ -34,12 +49,12 @@ def train_and_report(kind: str, minutes: float, lr: float | None, dataset: str, 
     torch.set_num_threads(threads)
     store = DatasetStore.from_settings()
     init = "champion" if kind == "warm" else "imagenet"
-    cfg = default_train_config(dataset, "cpu", {"max_minutes": minutes, "threads": threads, "init": init, **({"lr": lr} if lr else {})})
-    name = f"{kind}-{minutes:g}min" + (f"-lr{lr:g}" if lr else "")
+    cfg = default_train_config(dataset, "cpu", {"threads": threads, "init": init, **overrides})
+    name = "-".join([kind, *(f"{k}{v}" for k, v in overrides.items())])
     load0 = os.getloadavg()[0]
     out = train_and_save(cfg, store, get_settings().runs_dir / f"{name}-{dataset}", progress=False, log=lambda _: None)
     meta = json.loads((out / "model.json").read_text())
-    row = {"run": f"{kind}:{minutes:g}", "lr": cfg.lr, "init_loaded": meta["init_loaded"].get("init"), "iterations": len(meta["iter_losses"]),
+    row = {"run": name, "lr": cfg.lr, "warmup_iters": cfg.warmup_iters, "init_loaded": meta["init_loaded"].get("init"), "iterations": len(meta["iter_losses"]),
            "first_loss": meta["iter_losses"][0], "load_start": round(load0, 1), "load_end": round(os.getloadavg()[0], 1)}
     for split in ("val", "test"):
         m = evaluate_model(out, store.get(dataset), split, progress=False)["metrics"]
@@ -53,7 +68,7 @@ def main() -> None:
     p.add_argument("--v1-minutes", type=float, default=5.0)
     p.add_argument("--champion", type=Path, help="a model directory trained on a subset to warm from, instead of training v1")
     p.add_argument("--runs", nargs="+", default=["warm:3", "warm:5", "cold:10"],
-                   help="warm:MINUTES or cold:MINUTES, with :LR to override the learning rate (e.g. warm:3:3e-4)")
+                   help="warm:MINUTES or cold:MINUTES, with :LR to override the learning rate (e.g. warm:3:3e-4), and :key=value for any other setting")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     p.add_argument("--parallel", action="store_true", help="train the runs at the same time, one process each")
     p.add_argument("--state-dir", type=Path, default=None, help="default: a new temp dir")
@@ -80,14 +95,13 @@ def main() -> None:
     if registry.champion() is None:
         v1 = store.commit(train[: args.v1_photos] + held_out, source=source).version
         print(f"v1: {v1.name} ({args.v1_photos} train photos), cold, {args.v1_minutes:g} min", flush=True)
-        row = train_and_report("cold", args.v1_minutes, None, v1.name, args.threads)
+        row = train_and_report("cold", {"max_minutes": args.v1_minutes}, v1.name, args.threads)
         print(json.dumps(row), flush=True)
-        info = registry.register(get_settings().runs_dir / f"cold-{args.v1_minutes:g}min-{v1.name}" / "model")
+        info = registry.register(get_settings().runs_dir / f"{row['run']}-{v1.name}" / "model")
         registry.set_champion(info.version)
     new = store.commit(train + held_out, source=source).version
     print(f"new version {new.name}: {len(new.coco('train')['images'])} train photos; champion v{registry.champion().version}", flush=True)
-    runs = [(kind, float(minutes), float(lr[0]) if lr else None, new.name, args.threads)
-            for kind, minutes, *lr in (r.split(":") for r in args.runs)]
+    runs = [(*parse_run(r), new.name, args.threads) for r in args.runs]
     t0 = time.monotonic()
     if args.parallel:
         with multiprocessing.get_context("spawn").Pool(len(runs)) as pool:
