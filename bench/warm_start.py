@@ -5,14 +5,15 @@ the sample (by file name) for ``--v1-minutes``, registered and made champion. Th
 version** is then the whole sample (100 train photos; the same val and test). On it, each
 ``--runs`` entry trains for its minutes: ``warm:M`` with ``init: champion`` (fine-tunes v1),
 ``cold:M`` with the pretrained default (``init: imagenet``); ``warm:M:LR`` with learning rate LR. Fields
-``key=value`` override any other training setting, e.g. ``warm:epochs=1:warmup_iters=5`` trains one
-epoch (a fixed number of iterations, whatever the load) with a 5-iteration warmup. ``--threads`` each (1); ``--parallel``
+``key=value`` override any other training setting, e.g. ``warm:600:epochs=1:warmup_iters=5`` trains one
+epoch with a 5-iteration warmup (600 minutes is only a cap, so neither the schedule nor the number of
+iterations depends on the load; a warm run without minutes gets the 3-minute warm-start budget). ``--threads`` each (1); ``--parallel``
 runs them at the same time (one process each, so they share the load alike). The counting
 operating point is chosen on val, as always; test picks nothing.
 
     .venv/bin/python bench/warm_start.py --v1-minutes 5 --runs warm:3 warm:5 cold:10 --parallel
     .venv/bin/python bench/warm_start.py --champion DEMO_STATE/runs/v0001-.../model --parallel
-    .venv/bin/python bench/warm_start.py --champion DIR --runs warm:epochs=1 warm:epochs=1:warmup_iters=5
+    .venv/bin/python bench/warm_start.py --champion DIR --runs warm:600:epochs=1 warm:600:epochs=1:warmup_iters=5
 """
 
 from __future__ import annotations
