@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     # --- prefect ---------------------------------------------------------------------------
     prefect_port: int = 4200
     loop_cron: str = Field("0 2 * * *", description="When the scheduled loop runs (cron, local time).")
+    inbox_poll_seconds: float = Field(30, gt=0, description="How often `flows serve` pre-labels new inbox photos.")
+    annotation_poll_seconds: float = Field(
+        60, gt=0, description="How often `flows serve` counts new annotations (the webhook's backstop)."
+    )
     mlflow_ui_port: int = 5000
 
     # --- backups ---------------------------------------------------------------------------

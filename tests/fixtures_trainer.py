@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,30 +79,36 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> TinyDataset:
     return make_synthetic_store(tmp_path_factory.mktemp("tiny-datasets"), {"train": 10, "val": 4, "test": 4})
 
 
-def tiny_train_config(dataset: str, epochs: int = 8, seed: int = 0):
-    """The small, fast recipe the fixtures use (ResNet18-FPN from scratch, 96 px, width 32)."""
+def tiny_recipe(epochs: int = 8, seed: int = 0) -> dict[str, Any]:
+    """The small, fast recipe the fixtures use (ResNet18-FPN from scratch, 96 px, width 32), as the
+    training-setting overrides that ``retrain``'s and ``loop``'s ``recipe`` parameter takes."""
+    return {
+        "model": {
+            "backbone": "resnet18_fpn",
+            "image_size": TINY_SIZE,
+            "norm": "gn",
+            "width": 32,
+            "rois_per_img": 64,
+            "detections_per_img": 30,
+            "anchor_size": 80,  # measured: test MAE 0.5 vs 2.25 with the default 40 on these 96 px photos
+        },
+        "epochs": epochs,
+        "batch_size": 2,
+        "lr": 3e-3,
+        "warmup_iters": 10,
+        "seed": seed,
+        "init": "none",
+        "threads": 1,
+    }
+
+
+def tiny_train_config(dataset: str, epochs: int = 8, seed: int = 0, device: str = "cpu"):
+    """:func:`tiny_recipe` as a training config."""
     from trainer.model import ModelConfig
     from trainer.train import TrainConfig
 
-    return TrainConfig(
-        dataset=dataset,
-        model=ModelConfig(
-            backbone="resnet18_fpn",
-            image_size=TINY_SIZE,
-            norm="gn",
-            width=32,
-            rois_per_img=64,
-            detections_per_img=30,
-            anchor_size=80,  # measured: test MAE 0.5 vs 2.25 with the default 40 on these 96 px photos
-        ),
-        epochs=epochs,
-        batch_size=2,
-        lr=3e-3,
-        warmup_iters=10,
-        seed=seed,
-        init="none",
-        threads=1,
-    )
+    recipe = tiny_recipe(epochs, seed)
+    return TrainConfig(dataset=dataset, device=device, **{**recipe, "model": ModelConfig(**recipe["model"])})
 
 
 @pytest.fixture(scope="session")
