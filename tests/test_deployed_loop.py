@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,7 +86,7 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
         pass
 
 
-def wait_for(what: str, get: Callable[[], T | None], timeout: float, procs: list[subprocess.Popen] = (),
+def wait_for(what: str, get: Callable[[], T | None], timeout: float, procs: Sequence[subprocess.Popen] = (),
              deployed: Deployed | None = None) -> T:
     """Poll ``get`` until it returns something truthy; fail after ``timeout`` or when a process died."""
     deadline = time.monotonic() + timeout
@@ -236,7 +236,7 @@ def test_annotations_crossing_n_run_the_served_loop_and_the_counting_server_swit
     candidate = decision["candidate"]
 
     # and the counting server, running all along, answers with the new champion
-    photo, books = synthetic_photo(7, 3)
+    photo, _ = synthetic_photo(7, 3)
     buf = io.BytesIO()
     photo.save(buf, format="PNG")
 
