@@ -199,7 +199,8 @@ def test_label_studio_restarting_mid_import(ls_settings: Settings, labelstudio: 
         save_photo(shelf_photo(96, 64, seed=30 + i), ls_settings.inbox_dir / f"r{i}.jpg")
     masker = RestartingMasker(labelstudio)
     report = prelabel(masker=masker)
-    masker.restart.join()
+    masker.restart.join(timeout=300)  # start_server waits for /health itself; this bounds the rest
+    assert not masker.restart.is_alive(), "Label Studio's restart did not finish within 300 s"
     assert len(report.imported) == 3
     tasks = tasks_of(ls_settings)
     assert len(tasks) == len({t["data"]["sha256"] for t in tasks}) == 3
