@@ -221,9 +221,8 @@ def train(
             init_loaded = {**warm, "init": "none"}
     if init_loaded["init"] != "none":
         init_loaded["frozen_parameters"] = freeze_stages(model, cfg.frozen_stages)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    # channels-last convolutions: 1.25x less CPU per training image here (bench/train_profile.py), and faster on CUDA
+    model.to(device).to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
