@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 from fixtures_labelstudio import free_port
-from fixtures_trainer import make_synthetic_store, synthetic_photo, tiny_recipe
+from fixtures_trainer import make_synthetic_store, synthetic_photo, tiny_train_config
 
 from annotator.labelstudio.client import client
 from annotator.labelstudio.mask_codec import brush_result
@@ -53,6 +53,13 @@ SWITCH_S = 60  # the counting server polls the registry every second
 POLL_S = 15  # BOOKCOUNTER_ANNOTATION_POLL_SECONDS for the test (default 60)
 NEVER = "0 0 29 2 *"  # the nightly crons of the test's serve: leap days at midnight only
 T = TypeVar("T")
+
+
+def tiny_recipe() -> dict[str, Any]:
+    """The tiny model's training settings as the loop's ``recipe`` (the worker's device decides the device)."""
+    recipe = tiny_train_config("unused").to_dict()
+    del recipe["dataset"], recipe["device"]
+    return recipe
 
 
 @dataclass
@@ -125,7 +132,7 @@ def deployed(labelstudio: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("PREFECT_API_URL", raising=False)  # `flows serve` sets it to the server it starts
     get_settings.cache_clear()
     settings = get_settings()
-    make_synthetic_store(settings.datasets_dir, {"train": 10, "val": 4, "test": 4})  # the tiny v0001
+    make_synthetic_store(settings.datasets_dir, {"train": 10, "val": 6, "test": 12})  # as tiny_dataset
     bookcounter = str(Path(sys.executable).with_name("bookcounter"))
     logs = {"flows serve": tmp_path / "flows-serve.log", "serve": tmp_path / "serve.log"}
     procs = [start([bookcounter, "serve"], logs["serve"]), start([bookcounter, "flows", "serve"], logs["flows serve"])]
