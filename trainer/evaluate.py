@@ -9,8 +9,6 @@ it (:func:`operating_point_set`, :func:`choose_operating_point`), never on ``tes
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import statistics
@@ -52,22 +50,29 @@ def detect(predictor, version: DatasetVersion, split: str, progress: bool = True
     return results
 
 
+def _discard(*args: Any, **kwargs: Any) -> None:
+    pass
+
+
 def coco_ap(gt: dict[str, Any], results: list[dict[str, Any]], iou_type: str) -> dict[str, float]:
     """AP, AP50, AP75 over all areas, up to 300 detections per photo (shelves hold many books)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    import pycocotools.coco
+    import pycocotools.cocoeval
 
     if not results or not gt["annotations"]:
         return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = {k: gt[k] for k in ("images", "annotations", "categories")}
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes([dict(r) for r in results])
-        ev = COCOeval(coco_gt, coco_dt, iou_type)
-        ev.params.maxDets = [1, 10, 300]
-        ev.evaluate()
-        ev.accumulate()
+    # pycocotools prints its progress ("creating index...", "DONE (t=0.29s)"); a module-level
+    # ``print`` silences it everywhere, also where Prefect's log_prints would log each line.
+    for module in (pycocotools.coco, pycocotools.cocoeval):
+        module.print = _discard
+    coco_gt = pycocotools.coco.COCO()
+    coco_gt.dataset = {k: gt[k] for k in ("images", "annotations", "categories")}
+    coco_gt.createIndex()
+    coco_dt = coco_gt.loadRes([dict(r) for r in results])
+    ev = pycocotools.cocoeval.COCOeval(coco_gt, coco_dt, iou_type)
+    ev.params.maxDets = [1, 10, 300]
+    ev.evaluate()
+    ev.accumulate()
     precision = ev.eval["precision"][:, :, 0, 0, -1]  # IoU x recall, class book, area all, 300 dets
 
     def mean(p: np.ndarray) -> float:
