@@ -34,7 +34,7 @@ from bookcounter.settings import REPO_ROOT, Settings, get_settings
 from trainer import registry
 
 BOOKCOUNTER = str(Path(sys.executable).parent / "bookcounter")
-PHOTOS = 16  # with val and test fractions of 0.25 each: 4 to 12 train photos
+PHOTOS = 24  # test 40 %, val 20 %: enough test photos for the promotion gate's paired bootstrap to decide
 SEED = 100
 
 
@@ -63,8 +63,8 @@ def on_prefect(server: Settings) -> Iterator[None]:
 def pg_settings(ls_pg_settings: Settings, postgres: Cluster, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     """Label Studio on PostgreSQL (the session's server), MLflow on a new PostgreSQL database of its own."""
     monkeypatch.setenv("BOOKCOUNTER_MLFLOW_DATABASE_URL", postgres.create_database("mlflow"))
-    monkeypatch.setenv("BOOKCOUNTER_TEST_FRACTION", "0.25")
-    monkeypatch.setenv("BOOKCOUNTER_VAL_FRACTION", "0.25")
+    monkeypatch.setenv("BOOKCOUNTER_TEST_FRACTION", "0.4")
+    monkeypatch.setenv("BOOKCOUNTER_VAL_FRACTION", "0.2")
     get_settings.cache_clear()
     registry._clients.clear()
     yield get_settings()
