@@ -7,7 +7,7 @@ the server runs as the ``postgres`` user (PostgreSQL refuses root). ``make setup
 
 ``labelstudio_pg`` (session): a second Label Studio server, on its own database of that cluster.
 ``ls_pg_settings``: per test, like ``ls_settings`` but on ``labelstudio_pg``.
-``prefect_server_pg`` (session): a Prefect server (its triggers service on) on its own database.
+(``prefect_server_pg`` is in ``fixtures_prefect.py``.)
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from fixtures_labelstudio import free_port
 from annotator.labelstudio.server import start_server, stop_server
 from bookcounter.postgres import PostgresError, tool
 from bookcounter.settings import Settings, get_settings
-from flows.prefect_server import prefect_ui_server, start_ui
 
 PG_USER = "bookcounter"
 START_TIMEOUT_S = 60
@@ -121,15 +120,3 @@ def ls_pg_settings(labelstudio_pg: Settings, tmp_path: Path, monkeypatch: pytest
     settings.inbox_dir.mkdir(parents=True)
     yield settings
     get_settings.cache_clear()
-
-
-@pytest.fixture(scope="session")
-def prefect_server_pg(postgres: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """A Prefect server on PostgreSQL (its own database), started once per session."""
-    server = Settings(state_dir=tmp_path_factory.mktemp("prefect-pg"), prefect_port=free_port(),
-                      prefect_database_url=postgres.create_database("prefect"))
-    start_ui(server)
-    try:
-        yield server
-    finally:
-        prefect_ui_server(server).stop()

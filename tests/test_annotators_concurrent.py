@@ -17,9 +17,15 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from annotator_crowd import ShelfTask, Tally, add_shelf_tasks, annotate_concurrently, click_line
+from annotator_crowd import (
+    ShelfTask,
+    Tally,
+    add_shelf_tasks,
+    annotate_concurrently,
+    click_line,
+)
 from fixtures_labelstudio import free_port
-from test_training_trigger import caused_runs, loop_runs, prefect_server, ready_events  # noqa: F401 (a fixture)
+from test_training_trigger import caused_runs, loop_runs, ready_events
 
 from annotator import training_trigger
 from annotator.collect import collect
