@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from annotator.labelstudio.client import client
 from annotator.labelstudio.errors import LabelStudioError
@@ -74,8 +75,8 @@ def test_postgresql_is_a_setting(tmp_path) -> None:
     assert (env["DJANGO_DB"], env["POSTGRE_HOST"], env["POSTGRE_PORT"]) == ("default", "db.local", "5433")
     assert (env["POSTGRE_USER"], env["POSTGRE_PASSWORD"], env["POSTGRE_NAME"]) == ("ls", "s@cret", "labels")
     assert server_env(Settings(state_dir=tmp_path))["DJANGO_DB"] == "sqlite"
-    with pytest.raises(LabelStudioError, match="postgresql://"):
-        server_env(Settings(state_dir=tmp_path, ls_database_url="mysql://x@y/z"))
+    with pytest.raises(ValidationError, match="postgresql://"):
+        Settings(state_dir=tmp_path, ls_database_url="mysql://x@y/z")
 
 
 def test_cli_collect_with_nothing_new_and_prelabel_without_inbox(ls_settings: Settings) -> None:
