@@ -85,14 +85,14 @@ def postgres() -> Iterator[Cluster]:
         shutil.chown(pwfile, "postgres")
     subprocess.run(_as_server_user([initdb, "-D", str(data), "-U", PG_USER, f"--pwfile={pwfile}", "-E", "UTF8",
                                     "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256"]),
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, timeout=300)
     options = f"-p {cluster.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
     subprocess.run(_as_server_user([pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", str(START_TIMEOUT_S),
-                                    "start"]), check=True, capture_output=True)
+                                    "start"]), check=True, capture_output=True, timeout=START_TIMEOUT_S + 60)
     try:
         yield cluster
     finally:
-        subprocess.run(_as_server_user([pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"]), capture_output=True, check=False)
+        subprocess.run(_as_server_user([pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"]), capture_output=True, check=False, timeout=120)
         shutil.rmtree(root, ignore_errors=True)
 
 

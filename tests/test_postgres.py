@@ -153,7 +153,7 @@ def test_the_loop_with_label_studio_mlflow_and_prefect_on_postgresql(
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([BOOKCOUNTER, *args], capture_output=True, text=True, cwd=REPO_ROOT, check=False)
+    return subprocess.run([BOOKCOUNTER, *args], capture_output=True, text=True, cwd=REPO_ROOT, check=False, timeout=600)
 
 
 @pytest.mark.labelstudio
