@@ -27,7 +27,13 @@ from tqdm import tqdm
 from annotator.labelstudio.client import api_errors, client
 from annotator.labelstudio.label_config import IMAGE
 from annotator.labelstudio.mask_codec import annotation_masks
-from annotator.labelstudio.project import ensure_project, export_snapshot, fetch_photo, latest_submitted, update_task_data
+from annotator.labelstudio.project import (
+    ensure_project,
+    export_snapshot,
+    fetch_photo,
+    latest_submitted,
+    update_task_data,
+)
 from annotator.labelstudio.views import ensure_view
 from bookcounter import masks
 from bookcounter.detector import Detector

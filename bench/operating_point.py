@@ -17,7 +17,15 @@ import warnings
 from pathlib import Path
 
 from bookcounter.dataset_store import DatasetStore
-from trainer.evaluate import NMS_IOUS, SPARSE_SEED, candidates, choose_operating_point, count_mae_at, kept_scores, operating_point_set
+from trainer.evaluate import (
+    NMS_IOUS,
+    SPARSE_SEED,
+    candidates,
+    choose_operating_point,
+    count_mae_at,
+    kept_scores,
+    operating_point_set,
+)
 from trainer.model import DEFAULT_NMS_IOU
 from trainer.predictor import Predictor
 

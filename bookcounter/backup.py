@@ -29,7 +29,7 @@ import shutil
 import sqlite3
 import stat
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ def backup(settings: Settings, dest: Path) -> dict[str, Any]:
         for rel in _sources(settings):
             files[rel] = _copy_one(state / rel, tmp / FILES / rel)
         manifest = {
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "state_dir": str(state),
             "label_studio_database": "postgresql (not in this backup: use pg_dump)" if settings.ls_database_url else "sqlite",
             "files": files,
@@ -175,7 +175,7 @@ def dated_backup(settings: Settings, root: Path, keep: int) -> tuple[Path, dict[
     """
     if keep < 1:
         raise BackupError(f"keep must be at least 1 (got {keep})")
-    dest = Path(root) / (datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z")
+    dest = Path(root) / (datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z")
     manifest = backup(settings, dest)
     finished = sorted(p for p in Path(root).iterdir() if p.is_dir() and (p / MANIFEST).is_file())
     removed = finished[:-keep]

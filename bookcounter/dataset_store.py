@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -217,7 +217,7 @@ class DatasetStore:
             manifest = {
                 "version": name,
                 "parent": parent.name if parent else None,
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "content_hash": content_hash,
                 "source": source,
                 "added": [

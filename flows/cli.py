@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import typer
 
@@ -14,7 +14,7 @@ flows_app = typer.Typer(
 )
 
 
-class FlowName(str, Enum):
+class FlowName(StrEnum):
     prelabel = "prelabel"
     collect = "collect"
     retrain = "retrain"

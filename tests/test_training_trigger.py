@@ -198,8 +198,8 @@ def test_start_training_without_a_prefect_server_says_so(ls_settings: Settings, 
 
 
 def test_prefect_yaml_declares_the_same_loop_trigger_as_flows_serve(settings: Settings):
-    from pydantic import TypeAdapter
     from prefect.events import DeploymentTriggerTypes
+    from pydantic import TypeAdapter
 
     from flows.deployments import annotations_ready_trigger
 
