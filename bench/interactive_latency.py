@@ -137,8 +137,8 @@ def main() -> None:
 
     from annotator.labelstudio.project import create_task, ensure_project, upload_photo
     from annotator.labelstudio.server import start_server
-    from annotator.ml_backend_server import start_backend
     from flows.services import services, status_lines
+    from serving.ml_backend.server import start_backend
 
     load_before = os.getloadavg()
     print(f"state in {state}; starting Label Studio and the ML backend"

@@ -2,7 +2,7 @@
 
 :class:`trainer.predictor.Predictor` satisfies :class:`Detector` structurally; the champion is
 handed to the annotator as a :class:`DetectorProvider` by its callers (``flows/``, the CLI and
-``serving.ml_backend_app``), so ``annotator`` never imports ``trainer``.
+``serving.ml_backend.server``), so ``annotator`` never imports ``trainer``.
 """
 
 from __future__ import annotations

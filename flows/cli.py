@@ -96,18 +96,28 @@ def status_command() -> None:
         typer.echo(line)
 
 
+def start_command(
+    names: list[str] | None = typer.Argument(
+        None, metavar="NAME", help="Services to start (see 'bookcounter status'); default: all of them."
+    ),
+) -> None:
+    """Start the services in the background (Label Studio first); each one unless it runs already."""
+    from flows.services import start
+
+    for service, now in start(get_settings(), names or ()):
+        typer.echo(f"{service.title} ({service.name}): {'started' if now else 'already running'} at {service.url}")
+
+
 def stop_command(
     names: list[str] | None = typer.Argument(
         None, metavar="NAME", help="Services to stop (see 'bookcounter status'); default: all of them."
     ),
 ) -> None:
     """Stop the services bookcounter started, all of them by default; only processes it started."""
-    from flows.services import chosen
+    from flows.services import stop
 
-    for service in chosen(get_settings(), names or ()):
-        pid = service.process.pid()
-        stopped = service.process.stop()
-        typer.echo(f"{service.title} ({service.name}): {f'stopped (pid {pid})' if stopped else 'not running'}")
+    for service, pid in stop(get_settings(), names or ()):
+        typer.echo(f"{service.title} ({service.name}): {f'stopped (pid {pid})' if pid else 'not running'}")
 
 
 def demo(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import serve
 from prefect.events import DeploymentEventTrigger
 
-from bookcounter.events import ANNOTATIONS_READY, RESOURCE_PREFIX
+from annotator.events import ANNOTATIONS_READY, RESOURCE_PREFIX
 from bookcounter.settings import Settings
 from flows.backup import backup_flow
 from flows.count_folder import count_folder_flow

@@ -20,9 +20,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from annotator.events import ANNOTATIONS_READY
 from annotator.labelstudio.server import is_healthy, start_server
 from bookcounter.dataset_store import DatasetStore
-from bookcounter.events import ANNOTATIONS_READY
 from bookcounter.locks import file_lock
 from bookcounter.settings import get_settings
 

@@ -21,9 +21,9 @@ from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.project import ensure_project
 from annotator.labelstudio.server import start_server, stop_server
 from annotator.prelabel import Masker, prelabel
-from bookcounter.backup import MANIFEST, read_manifest
 from bookcounter.dataset_store import DatasetStore
 from bookcounter.settings import REPO_ROOT, Settings, get_settings
+from flows.state_backup import MANIFEST, read_manifest
 from trainer import promote, registry
 
 BOOKCOUNTER = str(Path(sys.executable).parent / "bookcounter")

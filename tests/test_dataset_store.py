@@ -46,7 +46,7 @@ def _box(ann_id: int, image_id: int, x0: float, y0: float, x1: float, y1: float)
 def _cli(*args: str, state: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "BOOKCOUNTER_STATE_DIR": str(state)}
     return subprocess.run(
-        [sys.executable, "-c", "from bookcounter.cli import main; main()", *args],
+        [sys.executable, "-c", "from flows.main import main; main()", *args],
         capture_output=True, text=True, env=env,
     )
 

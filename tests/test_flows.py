@@ -133,7 +133,7 @@ def test_a_prefect_retrain_and_bookcounter_train_build_the_same_config(
     from typer.testing import CliRunner
 
     import trainer.train
-    from bookcounter.cli import app
+    from flows.main import app
 
     make_synthetic_store(settings.datasets_dir, {"train": 2, "val": 1, "test": 1})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)

@@ -26,11 +26,10 @@ from PIL import Image
 from annotator.labelstudio.client import client
 from annotator.labelstudio.ml_backend_link import connect_ml_backend
 from annotator.labelstudio.project import create_task, ensure_project, upload_photo
-from annotator.ml_backend import TITLE
-from annotator.ml_backend_server import start_backend, stop_backend
 from bookcounter.images import sha256_bytes
 from bookcounter.settings import Settings, get_settings
-from serving.ml_backend_app import create_app
+from serving.ml_backend.backend import TITLE
+from serving.ml_backend.server import create_app, start_backend, stop_backend
 from trainer.registry import load_predictor
 
 pytestmark = pytest.mark.labelstudio

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from annotator.sam import CheckpointError, checkpoints, load_segmenter
 from annotator.sam.embedding_cache import EmbeddingCache
-from bookcounter.cli import app
 from bookcounter.errors import UserError
 from bookcounter.images import sha256_file
+from flows.main import app
 
 
 @pytest.fixture(scope="module")

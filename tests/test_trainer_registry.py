@@ -85,7 +85,7 @@ def test_promotion_rules_and_history(
     tags = registry._client().get_model_version(own_model_name, corrupt.version).tags
     assert tags["promotion.decision"] == "rejected" and "evaluation failed" in tags["promotion.reason"]
 
-    from bookcounter.cli import app
+    from flows.main import app
 
     monkeypatch.setenv("COLUMNS", "400")
     out = CliRunner().invoke(app, ["registry", "history"])

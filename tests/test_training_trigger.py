@@ -20,15 +20,14 @@ import pytest
 import yaml
 from test_ml_backend_labelstudio import add_task, backend_in_thread, free_port, photo
 
-from annotator import training_trigger
+from annotator import events, training_trigger
 from annotator.labelstudio.client import client
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.ml_backend_link import connect_ml_backend
 from annotator.labelstudio.project import ensure_project
-from annotator.ml_backend import TITLE
-from bookcounter import events
 from bookcounter.settings import REPO_ROOT, Settings, get_settings
 from flows.prefect_server import prefect_ui_server, start_ui
+from serving.ml_backend.backend import TITLE
 
 RUN_WAIT_S = 60  # the automation makes the run well within a second; this is the failure deadline
 

@@ -1,4 +1,4 @@
-"""Connecting the interactive ML backend (``annotator/ml_backend_server.py``) to the project."""
+"""Connecting the interactive ML backend (``serving/ml_backend/server.py``) to the project."""
 
 from __future__ import annotations
 
