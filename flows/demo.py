@@ -29,8 +29,8 @@ from annotator.labelstudio.server import start_server
 from bookcounter.dataset_store import SPLITS, DatasetStore
 from bookcounter.errors import UserError
 from bookcounter.settings import Settings
-from flows.loop import loop_flow, retrain_flow
 from flows import services
+from flows.loop import loop_flow, retrain_flow
 from flows.prelabel import prelabel_flow
 from flows.replay import reference_masks, replay
 
