@@ -58,20 +58,23 @@ class ServiceState:
 
 
 def services(settings: Settings) -> list[Service]:
-    """All of them, in the order ``stop`` stops them (the clients of Label Studio before it)."""
-    from annotator.labelstudio.server import health_url, server_process
-    from flows.prefect_server import prefect_ui_server, ui_url
-    from serving.cli import serving_process
-    from serving.ml_backend.server import backend_process
+    """All of them, in the order ``stop`` stops them (the clients of Label Studio before it);
+    :func:`start` starts them the other way round."""
+    from annotator.labelstudio.server import health_url, server_process, start_server
+    from flows.prefect_server import prefect_ui_server, start_ui, ui_url
+    from serving.cli import serving_process, start_in_background
+    from serving.ml_backend.server import backend_process, start_backend
+    from trainer.registry import start_ui as start_mlflow_ui
     from trainer.registry import ui_server
 
     prefect = ui_url(settings)
+    serve, backend, mlflow = settings.serve_url, settings.ml_backend_url, settings.mlflow_ui_url
     return [
-        Service("counting server", settings.serve_url, f"{settings.serve_url}/healthz", serving_process(settings)),
-        Service("ML backend", settings.ml_backend_url, f"{settings.ml_backend_url}/health", backend_process(settings)),
-        Service("Label Studio", settings.ls_url, health_url(settings), server_process(settings)),
-        Service("Prefect UI", prefect, f"{prefect}/api/health", prefect_ui_server(settings)),
-        Service("MLflow UI", settings.mlflow_ui_url, settings.mlflow_ui_url, ui_server(settings)),
+        Service("counting server", serve, f"{serve}/healthz", serving_process(settings), start_in_background),
+        Service("ML backend", backend, f"{backend}/health", backend_process(settings), start_backend),
+        Service("Label Studio", settings.ls_url, health_url(settings), server_process(settings), start_server),
+        Service("Prefect UI", prefect, f"{prefect}/api/health", prefect_ui_server(settings), start_ui),
+        Service("MLflow UI", mlflow, mlflow, ui_server(settings), start_mlflow_ui),
     ]
 
 
