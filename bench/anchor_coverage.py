@@ -15,6 +15,7 @@ import torch
 from torchvision.ops import box_iou
 
 from bookcounter.dataset_store import DatasetStore
+from bookcounter.settings import get_settings
 from trainer.model import ModelConfig, anchors_for
 
 
@@ -29,7 +30,7 @@ def main() -> None:
     p.add_argument("--dataset", default="v0001")
     p.add_argument("--image-size", type=int, default=ModelConfig.image_size)
     args = p.parse_args()
-    coco = DatasetStore.from_settings().get(args.dataset).coco("train")
+    coco = DatasetStore.from_settings(get_settings()).get(args.dataset).coco("train")
     sizes = {im["id"]: max(im["width"], im["height"]) for im in coco["images"]}
     per_photo: dict[int, list[list[float]]] = {i: [] for i in sizes}
     for a in coco["annotations"]:

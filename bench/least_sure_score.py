@@ -50,12 +50,13 @@ def main() -> None:
 
     from bookcounter.dataset_store import DatasetStore
     from bookcounter.images import read_image
+    from bookcounter.settings import get_settings
     from bookcounter.uncertainty import NEAR, flip_disagreement, near_threshold
     from trainer.evaluate import true_counts
     from trainer.predictor import Predictor
 
     torch.set_num_threads(args.threads)
-    version = DatasetStore.from_settings().get(args.dataset)
+    version = DatasetStore.from_settings(get_settings()).get(args.dataset)
     predictor = Predictor(args.model, device="cpu")
     gt = version.coco(args.split)
     truth = true_counts(gt)

@@ -77,7 +77,7 @@ def main() -> None:
     start_server(settings, timeout=600)  # a loaded machine can take minutes
     try:
         held_out = read_coco(sample / "val.json", sample)[0] + read_coco(sample / "test.json", sample)[0]
-        store = DatasetStore.from_settings()
+        store = DatasetStore.from_settings(get_settings())
         fixed = store.commit(held_out, source={"name": "open-shelves", "licence": "CC BY 4.0"}).version
         fixed_shas = {im["sha256"] for im in fixed.coco()["images"]}
         pool, _ = read_coco(sample / "train.json", sample)

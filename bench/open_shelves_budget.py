@@ -100,7 +100,7 @@ def main() -> None:
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     s = get_settings()
-    store = DatasetStore.from_settings()
+    store = DatasetStore.from_settings(get_settings())
     version = store.get(args.dataset)
     if args.model:
         show(report(args.model, version, args.model.parent / "bench"))

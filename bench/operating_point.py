@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 from bookcounter.dataset_store import DatasetStore
+from bookcounter.settings import get_settings
 from trainer.evaluate import (
     NMS_IOUS,
     SPARSE_SEED,
@@ -37,7 +38,7 @@ def main() -> None:
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     predictor = Predictor(args.model_dir, device="cpu")
-    version = DatasetStore.from_settings().get(args.dataset or json.loads((args.model_dir / "model.json").read_text())["dataset_version"])
+    version = DatasetStore.from_settings(get_settings()).get(args.dataset or json.loads((args.model_dir / "model.json").read_text())["dataset_version"])
     val = version.coco("val")
     chosen_on = {"val": (val, candidates(predictor, version, "val")), "val + sparse": operating_point_set(predictor, version)}
     check, check_cands = operating_point_set(predictor, version, seed=SPARSE_SEED + 1000)

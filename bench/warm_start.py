@@ -48,7 +48,7 @@ def train_and_report(kind: str, overrides: dict, dataset: str, threads: int) -> 
     from trainer.train import default_train_config, train_and_save
 
     torch.set_num_threads(threads)
-    store = DatasetStore.from_settings()
+    store = DatasetStore.from_settings(get_settings())
     init = "champion" if kind == "warm" else "imagenet"
     cfg = default_train_config(dataset, "cpu", {"threads": threads, "init": init, **overrides})
     name = "-".join([kind, *(f"{k}{v}" for k, v in overrides.items())])
@@ -84,7 +84,7 @@ def main() -> None:
     from trainer import registry
 
     sample = get_settings().sample_dir
-    store = DatasetStore.from_settings()
+    store = DatasetStore.from_settings(get_settings())
     train = sorted(read_coco(sample / "train.json", sample)[0], key=lambda i: i.file_name)
     held_out = read_coco(sample / "val.json", sample)[0] + read_coco(sample / "test.json", sample)[0]
     source = {"name": "open-shelves", "licence": "CC BY 4.0"}

@@ -26,12 +26,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bookcounter import masks
 from bookcounter.errors import UserError
 from bookcounter.images import BadImage, decode_image, sha256_bytes, sha256_file
 from bookcounter.locks import file_lock
+
+if TYPE_CHECKING:
+    from bookcounter.settings import Settings
 
 SPLITS = ("train", "val", "test")
 CATEGORIES = [{"id": 1, "name": "book", "supercategory": "object"}]
@@ -109,12 +112,9 @@ class DatasetStore:
         self.val_fraction = val_fraction
 
     @classmethod
-    def from_settings(cls) -> DatasetStore:
-        """The store under the configured state dir (``BOOKCOUNTER_*`` settings)."""
-        from bookcounter.settings import get_settings
-
-        s = get_settings()
-        return cls(s.datasets_dir, s.test_fraction, s.val_fraction)
+    def from_settings(cls, settings: Settings) -> DatasetStore:
+        """The store under ``settings.state_dir``, with its split fractions."""
+        return cls(settings.datasets_dir, settings.test_fraction, settings.val_fraction)
 
     # --- reading ------------------------------------------------------------------------
     def versions(self) -> list[DatasetVersion]:

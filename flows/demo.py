@@ -66,7 +66,7 @@ def run_demo(settings: Settings, first_train_photos: int = 40, budget_minutes: f
     train_items.sort(key=lambda item: item.file_name)
     first, rest = train_items[:first_train_photos], train_items[first_train_photos:]
     items = first + read_coco(files["val"], sample)[0] + read_coco(files["test"], sample)[0]
-    result = DatasetStore.from_settings().commit(items, source={**SOURCE, "files": [str(f) for f in files.values()]})
+    result = DatasetStore.from_settings(settings).commit(items, source={**SOURCE, "files": [str(f) for f in files.values()]})
     first_version = result.version.name
     console.print(f"{'created' if result.created else 'already there:'} {first_version} "
                   f"({len(first)} of {len(train_items)} train photos, all val and test)")
@@ -113,7 +113,7 @@ def _start_services(settings: Settings) -> dict[str, str]:
 def _summary(settings: Settings, before, first, urls: dict[str, str], seconds: float) -> None:
     from trainer import promote
 
-    store = DatasetStore.from_settings()
+    store = DatasetStore.from_settings(settings)
     console.rule("[bold]summary")
     versions = Table("dataset version", "parent", "train", "val", "test")
     for v in store.versions():

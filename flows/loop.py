@@ -83,7 +83,7 @@ def train_task(dataset: str, max_minutes: float | None, recipe: dict[str, Any] |
     settings = get_settings()
     cfg = train_config(dataset, max_minutes, recipe)
     run_dir = settings.runs_dir / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return str(train_and_save(cfg, DatasetStore.from_settings(), run_dir, log=get_run_logger().info))
+    return str(train_and_save(cfg, DatasetStore.from_settings(settings), run_dir, log=get_run_logger().info))
 
 
 @task(retries=1, retry_delay_seconds=5)
@@ -115,12 +115,13 @@ def retrain_flow(
     """
     from trainer import promote, registry
 
-    store = DatasetStore.from_settings()
+    settings = get_settings()
+    store = DatasetStore.from_settings(settings)
     if dataset is None and store.latest() is None:
         print("retrain: no dataset version yet; nothing to train on")
         return None
     version = store.get(dataset or "latest").name
-    with file_lock(get_settings().run_dir / "retrain.lock", blocking=False) as mine:
+    with file_lock(settings.run_dir / "retrain.lock", blocking=False) as mine:
         if not mine:
             print("retrain: another retrain is running; this one exits")
             return None

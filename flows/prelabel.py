@@ -16,7 +16,7 @@ from trainer.registry import load_predictor
 @task(timeout_seconds=3600)
 def prelabel_task(inbox: str | None) -> PrelabelReport:
     # Label Studio requests retry in the SDK client (annotator/labelstudio/client.py), not here.
-    return prelabel(Path(inbox) if inbox else None, settings=get_settings(), champion=load_predictor)
+    return prelabel(get_settings(), Path(inbox) if inbox else None, champion=load_predictor)
 
 
 @flow(name="prelabel", log_prints=True)

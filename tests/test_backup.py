@@ -69,7 +69,7 @@ def test_backup_while_running_wipe_restore(tmp_path: Path, monkeypatch: pytest.M
         s.inbox_dir.mkdir(parents=True, exist_ok=True)
         for i in range(2):
             save_photo(shelf_photo(96, 64, seed=60 + i), s.inbox_dir / f"b{i}.jpg")
-        prelabel(masker=Masker(None, None))
+        prelabel(s, masker=Masker(None, None))
         save_photo(shelf_photo(96, 64, seed=70), s.inbox_dir / "pending.jpg")  # dropped, not pre-labelled yet
         first, second = sorted(annotations_of(s))
         ls = client(s)
@@ -96,7 +96,7 @@ def test_backup_while_running_wipe_restore(tmp_path: Path, monkeypatch: pytest.M
 
         before = {
             "annotations": annotations_of(s),
-            "versions": [(v.name, v.manifest()["content_hash"]) for v in DatasetStore.from_settings().versions()],
+            "versions": [(v.name, v.manifest()["content_hash"]) for v in DatasetStore.from_settings(s).versions()],
             "history": promote.history(),
             "models": registry.versions(),
             "secrets": secrets.read_text(),
@@ -113,7 +113,7 @@ def test_backup_while_running_wipe_restore(tmp_path: Path, monkeypatch: pytest.M
     done = cli("restore", str(tmp_path / "backup"))
     assert done.returncode == 0, done.stderr
 
-    store = DatasetStore.from_settings()
+    store = DatasetStore.from_settings(s)
     assert [(v.name, v.manifest()["content_hash"]) for v in store.versions()] == before["versions"]
     assert all(store.verify(v.name) == [] for v in store.versions())
     assert registry.champion().version == champion and registry.load_predictor() is not None

@@ -43,7 +43,7 @@ def test_human_annotations_become_a_new_version_mask_for_mask(ls_settings: Setti
     save_photo(shelf_photo(W, H, seed=3), inbox / "skipped.jpg", quality=95)
     upright_phone = read_image(inbox / "phone.jpg")
     # champion-style predictions (its own mask head): predictions alone must not make a version
-    report = prelabel(masker=Masker(None, BoxesFromLayout()))
+    report = prelabel(ls_settings, masker=Masker(None, BoxesFromLayout()))
     assert len(report.imported) == 3 and all(n > 0 for n in report.predictions.values())
     store = DatasetStore(ls_settings.datasets_dir)
     assert collect() is None and store.versions() == []
@@ -98,7 +98,7 @@ def test_human_annotations_become_a_new_version_mask_for_mask(ls_settings: Setti
 def test_prelabel_recall_and_precision_are_recorded_per_version(ls_settings: Settings) -> None:
     for i in range(3):
         save_photo(shelf_photo(W, H, seed=50 + i), ls_settings.inbox_dir / f"q{i}.jpg", quality=95)
-    prelabel(masker=Masker(None, BoxesFromLayout()))
+    prelabel(ls_settings, masker=Masker(None, BoxesFromLayout()))
     ls = client(ls_settings)
     tasks = {t["data"]["file_name"]: t for t in (x.dict() for x in ls.tasks.list(project=ensure_project(ls_settings), fields="all"))}
     shown = {name: t["predictions"][0]["result"] for name, t in tasks.items()}

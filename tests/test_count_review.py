@@ -34,7 +34,7 @@ def extra_masks(n: int) -> list[dict]:
 def prelabelled(settings: Settings, n: int, seed: int) -> tuple[dict[str, dict], int]:
     for i in range(n):
         save_photo(shelf_photo(W, H, seed=seed + i), settings.inbox_dir / f"s{i}.jpg", quality=95)
-    prelabel(masker=Masker(None, BoxesFromLayout()))
+    prelabel(settings, masker=Masker(None, BoxesFromLayout()))
     project = ensure_project(settings)
     listed = client(settings).tasks.list(project=project, fields="all", resolve_uri=False)
     tasks = {t["data"]["file_name"]: t for t in (x.dict() for x in listed)}
@@ -82,7 +82,7 @@ def test_counts_are_task_data_the_tab_lists_gaps_largest_first_and_annotations_s
     # a new champion: every task is counted again by it, the gaps follow, annotations stay
     newer = BoxesFromLayout(max_boxes=2)
     newer.model_version = "layout-2"
-    assert collect(champion=lambda: newer) is None  # nothing new to store, counts still written
+    assert collect(ls_settings, champion=lambda: newer) is None  # nothing new to store, counts still written
     data = {t.data["file_name"]: t.data for t in ls.tasks.list(project=project, fields="task_only", resolve_uri=False)}
     for name, gap in gaps.items():
         assert (data[name]["predicted_count"], data[name]["predicted_count_model"]) == (2, "layout-2")

@@ -67,13 +67,13 @@ def test_collect_flow_makes_one_version_per_change(ls_settings: Settings) -> Non
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     _drop_photos(ls_settings, [3, 4])
-    prelabel(masker=Masker(None, BoxesFromLayout()))  # pre-labels whose quality collect measures
+    prelabel(ls_settings, masker=Masker(None, BoxesFromLayout()))  # pre-labels whose quality collect measures
     assert collect_flow() is None  # predictions alone are no dataset
     assert _annotate(ls_settings, _task_ids(ls_settings)) == 2
     assert collect_flow() == "v0001"
     assert collect_flow() is None  # nothing new since
-    assert [v.name for v in DatasetStore.from_settings().versions()] == ["v0001"]
-    q = DatasetStore.from_settings().get("v0001").manifest()["report"]["prelabel_quality"]
+    assert [v.name for v in DatasetStore.from_settings(ls_settings).versions()] == ["v0001"]
+    q = DatasetStore.from_settings(ls_settings).get("v0001").manifest()["report"]["prelabel_quality"]
     assert q["photos"] == 2 and q["human_masks"] == 2
     with get_client(sync_client=True) as prefect:
         (artifact,) = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["prelabel-quality"])), limit=1)

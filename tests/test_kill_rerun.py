@@ -102,7 +102,7 @@ def test_collect_killed_while_writing_a_version(ls_settings: Settings, tmp_path:
         mask = np.zeros((64, 96), bool)
         mask[10:60, 20:30] = True
         ls.annotations.create(id=task["id"], result=[brush_result(mask)], lead_time=5.0)
-    store = DatasetStore.from_settings()
+    store = DatasetStore.from_settings(ls_settings)
     # killed with the images stored and both files of v0001 written to its temp dir, not yet renamed
     run_until_killed([BOOKCOUNTER, "flows", "run", "collect"], "bookcounter.dataset_store:_write_synced", tmp_path, after=2)
     assert store.versions() == []  # nothing half-written is visible
@@ -145,7 +145,7 @@ def test_retrain_killed_then_rerun(settings: Settings, tmp_path: Path, killpoint
         registry.set_champion(first["candidate"])
     champion = registry.champion().version
     make_synthetic_store(settings.datasets_dir, {"train": 2, "test": 1}, seed=1)  # new photos: v0002
-    assert DatasetStore.from_settings().latest().name == "v0002"
+    assert DatasetStore.from_settings(settings).latest().name == "v0002"
 
     run_until_killed([sys.executable, "-c", RETRAIN, json.dumps(_recipe(epochs=3))], killpoint, tmp_path)
 

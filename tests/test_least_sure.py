@@ -50,7 +50,7 @@ def test_prelabel_scores_by_the_champions_count_confidence(ls_settings: Settings
     predictor = Predictor(tiny_model_dir, device="cpu", model_version="3")
     photo, _ = synthetic_photo(5, 4)
     save_photo(photo, ls_settings.inbox_dir / "p.png")
-    prelabel(masker=Masker(None, predictor), settings=ls_settings)
+    prelabel(ls_settings, masker=Masker(None, predictor))
     pid = ensure_project(ls_settings)
     (task,) = [t.dict() for t in client(ls_settings).tasks.list(project=pid, fields="all", resolve_uri=False)]
     (pred,) = task["predictions"]

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.labelstudio
 def segmenter():
     from annotator.sam import load_segmenter
 
-    return load_segmenter("vit_t", random_init=True)
+    return load_segmenter(get_settings(), "vit_t", random_init=True)
 
 
 def tasks_of(settings: Settings) -> list[dict]:
@@ -44,7 +44,7 @@ def test_photos_become_tasks_with_sam_predictions_once(ls_settings: Settings, se
     shas = {p.name: sha256_file(p) for p in photos}
     masker = Masker(segmenter, BoxesFromLayout(max_boxes=4))
 
-    report = prelabel(masker=masker)
+    report = prelabel(ls_settings, masker=masker)
 
     assert sorted(report.imported) == sorted(shas) and not report.rejected
     assert report.model_version == "sam-vit_t+maskrcnn-vlayout"
@@ -62,7 +62,7 @@ def test_photos_become_tasks_with_sam_predictions_once(ls_settings: Settings, se
     # the same photos again (a re-run, or dropped twice): no new task, photos still filed
     for p in photos:
         (inbox / "done" / p.name).rename(p)
-    again = prelabel(masker=masker)
+    again = prelabel(ls_settings, masker=masker)
     assert not again.imported and sorted(again.already_there) == sorted(shas)
     assert len(tasks_of(ls_settings)) == 2
     assert not any(inbox.glob("*.jpg"))
@@ -70,7 +70,7 @@ def test_photos_become_tasks_with_sam_predictions_once(ls_settings: Settings, se
 
 def test_a_6000px_photo_is_segmented_at_full_size(ls_settings: Settings, segmenter) -> None:
     save_photo(shelf_photo(6000, 1500, seed=7), ls_settings.inbox_dir / "wide.jpg", quality=85)
-    report = prelabel(masker=Masker(segmenter, BoxesFromLayout(max_boxes=1)))
+    report = prelabel(ls_settings, masker=Masker(segmenter, BoxesFromLayout(max_boxes=1)))
     assert list(report.imported) == ["wide.jpg"]
     (task,) = tasks_of(ls_settings)
     results = task["predictions"][0]["result"]
@@ -101,7 +101,7 @@ def test_bad_photos_are_rejected_or_normalised(ls_settings: Settings) -> None:
     save_photo(shelf, inbox / "phone.jpg", exif_orientation=6, quality=95)
     expected_upright = {n: read_image(inbox / n) for n in ("alpha.png", "deep.png", "gray.jpg", "phone.jpg")}
 
-    report = prelabel(masker=Masker(None, None))
+    report = prelabel(ls_settings, masker=Masker(None, None))
 
     assert sorted(report.rejected) == ["bomb.png", "corrupt.jpg", "empty.jpg", "notes.txt", "tiny.jpg", "truncated.jpg"]
     for name, reason in report.rejected.items():
@@ -123,10 +123,10 @@ def test_bad_photos_are_rejected_or_normalised(ls_settings: Settings) -> None:
 
 
 def test_empty_or_missing_inbox(ls_settings: Settings, tmp_path: Path) -> None:
-    report = prelabel(masker=Masker(None, None))
+    report = prelabel(ls_settings, masker=Masker(None, None))
     assert (report.imported, report.already_there, report.rejected) == ({}, {}, {})
     with pytest.raises(UserError, match="does not exist"):
-        prelabel(tmp_path / "nope")
+        prelabel(ls_settings, tmp_path / "nope")
 
 
 def test_label_studio_down_gives_a_clear_error_and_a_rerun_completes(
@@ -138,13 +138,13 @@ def test_label_studio_down_gives_a_clear_error_and_a_rerun_completes(
     monkeypatch.setenv("BOOKCOUNTER_LS_PORT", str(free_port()))  # nobody listens there
     get_settings.cache_clear()
     with pytest.raises(LabelStudioUnavailable, match="not reachable.*bookcounter labelstudio start"):
-        prelabel(masker=Masker(None, None))
+        prelabel(get_settings(), masker=Masker(None, None))
     assert len(list(ls_settings.inbox_dir.glob("*.jpg"))) == 2  # nothing lost, nothing filed
     monkeypatch.undo()
     monkeypatch.setenv("BOOKCOUNTER_STATE_DIR", str(ls_settings.state_dir))
     monkeypatch.setenv("BOOKCOUNTER_LS_PROJECT_TITLE", ls_settings.ls_project_title)
     get_settings.cache_clear()
-    assert len(prelabel(masker=Masker(None, None)).imported) == 2
+    assert len(prelabel(get_settings(), masker=Masker(None, None)).imported) == 2
     assert len(tasks_of(get_settings())) == 2
 
 
@@ -169,7 +169,7 @@ def test_label_studio_restarting_mid_import(ls_settings: Settings, labelstudio: 
     for i in range(3):
         save_photo(shelf_photo(96, 64, seed=30 + i), ls_settings.inbox_dir / f"r{i}.jpg")
     masker = RestartingMasker(labelstudio)
-    report = prelabel(masker=masker)
+    report = prelabel(ls_settings, masker=masker)
     masker.restart.join()
     assert len(report.imported) == 3
     tasks = tasks_of(ls_settings)

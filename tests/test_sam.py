@@ -163,7 +163,7 @@ def test_generate_keeps_only_book_like_non_overlapping_masks(embedded):
 
 
 def test_load_segmenter_without_a_checkpoint_is_none_unless_random_init(settings):
-    assert load_segmenter("vit_t") is None
-    seg = load_segmenter("vit_t", random_init=True)
+    assert load_segmenter(settings, "vit_t") is None
+    seg = load_segmenter(settings, "vit_t", random_init=True)
     assert seg is not None and seg.model_type == "vit_t" and seg.namespace == "vit_t-random"
     assert seg.cache is not None and seg.cache.root == settings.embeddings_dir

@@ -293,10 +293,10 @@ def load_backend(settings: Settings, champion: DetectorProvider) -> Backend:
     """
     from annotator.sam import load_segmenter
 
-    segmenter = load_segmenter(settings.sam_model_type, checkpoint=settings.sam_checkpoint)
+    segmenter = load_segmenter(settings, checkpoint=settings.sam_checkpoint)
     if segmenter is None and settings.sam_random_init:
         log.warning("BOOKCOUNTER_SAM_RANDOM_INIT: using random SAM weights (tests and benchmarks only)")
-        segmenter = load_segmenter(settings.sam_model_type, random_init=True)
+        segmenter = load_segmenter(settings, random_init=True)
     if segmenter is None:
         log.warning("no SAM checkpoint: clicks and boxes are answered by the champion Mask R-CNN")
     return Backend(settings, segmenter, champion)
