@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 
 import typer
 
-from bookcounter.settings import get_settings
+from bookcounter.settings import REPO_ROOT, get_settings
 
 flows_app = typer.Typer(
     help="The loop as Prefect flows: run one now, or serve them all with their schedules and triggers.",
@@ -74,6 +75,22 @@ def serve_flows() -> None:
     from flows.deployments import serve_all
 
     serve_all(get_settings())
+
+
+@flows_app.command("write-prefect-yaml")
+def write_prefect_yaml_command(
+    out: Path = typer.Option(REPO_ROOT / "prefect.yaml", help="Where to write it."),
+) -> None:
+    """Write prefect.yaml (the deployments for Prefect work pools) from flows/deployments.py, the
+    one declaration of the deployments; the crons are the current settings'."""
+    from flows.prefect_server import configure_prefect
+
+    settings = get_settings()
+    configure_prefect(settings)
+    from flows.deployments import write_prefect_yaml
+
+    out.write_text(write_prefect_yaml(settings))
+    typer.echo(f"wrote {out}")
 
 
 def ui_prefect(stop: bool = typer.Option(False, "--stop", help="Stop the Prefect UI server instead.")) -> None:

@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import yaml
 from test_ml_backend_labelstudio import add_task, backend_in_thread, free_port, photo
 
 from annotator import events, training_trigger
@@ -25,7 +24,7 @@ from annotator.labelstudio.client import client
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.ml_backend_link import connect_ml_backend
 from annotator.labelstudio.project import ensure_project
-from bookcounter.settings import REPO_ROOT, Settings, get_settings
+from bookcounter.settings import Settings, get_settings
 from flows.prefect_server import prefect_ui_server, start_ui
 from serving.ml_backend.backend import TITLE
 
@@ -194,16 +193,3 @@ def test_start_training_without_a_prefect_server_says_so(ls_settings: Settings, 
     with backend_in_thread(get_settings()) as url:
         answer = httpx.post(f"{url}/train", json={}, timeout=30).json()
     assert answer["status"] == "error" and "no Prefect server answers" in answer["error"]
-
-
-def test_prefect_yaml_declares_the_same_loop_trigger_as_flows_serve(settings: Settings):
-    from prefect.events import DeploymentTriggerTypes
-    from pydantic import TypeAdapter
-
-    from flows.deployments import annotations_ready_trigger
-
-    spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
-    (loop,) = [d for d in spec["deployments"] if d["entrypoint"] == "flows/loop.py:loop_flow"]
-    (declared,) = [TypeAdapter(DeploymentTriggerTypes).validate_python(t) for t in loop["triggers"]]
-    ours = annotations_ready_trigger()
-    assert (declared.expect, declared.match, declared.name) == (ours.expect, ours.match, ours.name)
