@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bookcounter import masks
+from bookcounter.atomic import TMP_PREFIX, atomic_write
 from bookcounter.errors import UserError
 from bookcounter.images import BadImage, decode_image, sha256_bytes, sha256_file
 from bookcounter.locks import file_lock
@@ -233,7 +233,7 @@ class DatasetStore:
 
     def _remove_leftovers(self) -> None:
         """Remove the temp files and dirs of a writer that was killed (only a lock holder makes them)."""
-        for tmp in [*self.root.glob(".tmp-*"), *(self.root / "images").glob(".tmp-*")]:
+        for tmp in [*self.root.glob(f"{TMP_PREFIX}*"), *(self.root / "images").glob(f"{TMP_PREFIX}*")]:
             if tmp.is_dir():
                 os.chmod(tmp, 0o755)
                 shutil.rmtree(tmp)
@@ -244,34 +244,16 @@ class DatasetStore:
         path = self.root / rel
         if path.is_file() and sha256_file(path) == sha256_bytes(data):
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        with atomic_write(path, mode=0o444) as tmp:
+            tmp.write_bytes(data)
 
     def _write_version(self, name: str, coco: dict, manifest: dict) -> DatasetVersion:
-        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".tmp-{name}-"))
-        try:
-            annotations = _canonical(coco)
-            manifest["files"] = {"annotations.json": sha256_bytes(annotations)}
-            manifest["files"].update({im["file_name"]: im["sha256"] for im in coco["images"]})
-            _write_synced(tmp / "annotations.json", annotations)
-            _write_synced(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
-            for p in tmp.iterdir():
-                os.chmod(p, 0o444)
-            os.chmod(tmp, 0o555)
-            _fsync_dir(tmp)
-            os.rename(tmp, self.root / name)
-            _fsync_dir(self.root)
-        except BaseException:
-            os.chmod(tmp, 0o755)
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        annotations = _canonical(coco)
+        manifest["files"] = {"annotations.json": sha256_bytes(annotations)}
+        manifest["files"].update({im["file_name"]: im["sha256"] for im in coco["images"]})
+        with atomic_write(self.root / name, directory=True, mode=0o555) as tmp:
+            _write_file(tmp / "annotations.json", annotations)
+            _write_file(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
         return DatasetVersion(name, self.root / name)
 
 
@@ -323,16 +305,7 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _write_file(path: Path, data: bytes) -> None:
+    """One file of a version being written: read-only (:func:`atomic_write` fsyncs it)."""
+    path.write_bytes(data)
+    os.chmod(path, 0o444)

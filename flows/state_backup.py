@@ -33,6 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bookcounter.atomic import TMP_PREFIX, atomic_write
 from bookcounter.errors import UserError
 from bookcounter.images import sha256_file
 from bookcounter.locks import file_lock
@@ -42,7 +43,6 @@ MANIFEST = "manifest.json"
 FILES = "files"
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
-TMP_PREFIX = ".tmp-"
 
 
 class BackupError(UserError):
@@ -54,28 +54,23 @@ def backup(settings: Settings, dest: Path) -> dict[str, Any]:
     dest = Path(dest)
     if dest.exists():
         raise BackupError(f"{dest} exists already; back up into a new folder")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f"{TMP_PREFIX}{dest.name}")
-    if tmp.exists():  # left by a backup that was killed
-        shutil.rmtree(tmp)
-    tmp.mkdir(mode=0o700)
+    for stale in dest.parent.glob(f"{TMP_PREFIX}{dest.name}-*"):  # left by a backup that was killed
+        shutil.rmtree(stale)
     state = settings.state_dir
     files: dict[str, dict[str, Any]] = {}
-    try:
+    with atomic_write(dest, directory=True) as tmp:
         for rel in _sources(settings):
             files[rel] = _copy_one(state / rel, tmp / FILES / rel)
         manifest = {
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "state_dir": str(state),
-            "label_studio_database": "postgresql (not in this backup: use pg_dump)" if settings.ls_database_url else "sqlite",
+            "label_studio_database": "postgresql (not in this backup: use pg_dump)"
+            if settings.ls_database_url
+            else "sqlite",
             "files": files,
             "total_bytes": sum(f["size"] for f in files.values()),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        os.rename(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -104,7 +104,7 @@ def test_collect_killed_while_writing_a_version(ls_settings: Settings, tmp_path:
         ls.annotations.create(id=task["id"], result=[brush_result(mask)], lead_time=5.0)
     store = DatasetStore.from_settings(ls_settings)
     # killed with the images stored and both files of v0001 written to its temp dir, not yet renamed
-    run_until_killed([BOOKCOUNTER, "flows", "run", "collect"], "bookcounter.dataset_store:_write_synced", tmp_path, after=2)
+    run_until_killed([BOOKCOUNTER, "flows", "run", "collect"], "bookcounter.dataset_store:_write_file", tmp_path, after=2)
     assert store.versions() == []  # nothing half-written is visible
     assert any(p.name.startswith(".tmp-") for p in store.root.iterdir()), "the kill should have left the temp version"
     assert_lock_is_free(store.root / ".lock")

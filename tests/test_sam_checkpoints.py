@@ -65,7 +65,7 @@ def test_an_official_file_with_the_wrong_hash_is_reported_corrupt(settings, vit_
 
 
 def test_setup_models_downloads_verifies_and_records_then_load_finds_it(settings, vit_t_checkpoint, monkeypatch):
-    fake = checkpoints.OfficialCheckpoint(vit_t_checkpoint.as_uri(), sha256_file(vit_t_checkpoint), None)
+    fake = checkpoints.OfficialCheckpoint(vit_t_checkpoint.as_uri(), sha256_file(vit_t_checkpoint))
     monkeypatch.setitem(checkpoints.OFFICIAL, "vit_t", fake)
     result = CliRunner().invoke(app, ["setup-models", "--sam-model-type", "vit_t"])
     assert result.exit_code == 0, result.output
@@ -76,13 +76,21 @@ def test_setup_models_downloads_verifies_and_records_then_load_finds_it(settings
 
 
 def test_setup_models_without_internet_says_so_in_one_line_and_continues(settings, tmp_path, monkeypatch):
-    unreachable = checkpoints.OfficialCheckpoint((tmp_path / "nowhere" / "mobile_sam.pt").as_uri(), "0" * 64, None)
+    unreachable = checkpoints.OfficialCheckpoint((tmp_path / "nowhere" / "mobile_sam.pt").as_uri(), "0" * 64)
     monkeypatch.setitem(checkpoints.OFFICIAL, "vit_t", unreachable)
     result = CliRunner().invoke(app, ["setup-models"])
     assert result.exit_code == 0
     lines = [line for line in result.output.splitlines() if "vit_t" in line]
     assert len(lines) == 1 and "not available" in lines[0]
     assert not list((settings.models_dir / "sam").glob("*.pt"))
+
+
+def test_a_download_with_the_wrong_sha256_is_not_kept(settings, vit_t_checkpoint, monkeypatch):
+    wrong = checkpoints.OfficialCheckpoint(vit_t_checkpoint.as_uri(), "0" * 64)
+    monkeypatch.setitem(checkpoints.OFFICIAL, "vit_t", wrong)
+    with pytest.raises(CheckpointError, match="invalid hash value"):
+        checkpoints.download(settings, "vit_t")
+    assert not (settings.models_dir / "sam").exists() or not list((settings.models_dir / "sam").iterdir())
 
 
 def _record(n: int) -> dict:
