@@ -3,7 +3,7 @@
 
 Uses the real anchor generator of a built model on the train split of a dataset version.
 
-    .venv/bin/python bench/anchor_coverage.py --dataset v0001
+    .venv/bin/python -m bench.anchor_coverage --dataset v0001
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ Dask workers (1 thread each), and ``POST /count`` from 2 clients, on the sample'
 The photos are the open-shelves sample's train+val+test images (149, 640 px; ``--limit`` for the
 first N). The model is ``--model-dir`` (registered as the champion of a temporary state dir) or
 the champion of ``BOOKCOUNTER_STATE_DIR``. Each mode counts every photo once into its own file;
-model loading is not timed. Also runs ``bench/serving_load.py``'s load (2 clients posting one
+model loading is not timed. Also runs ``bench.serving_load``'s load (2 clients posting one
 photo) on the same server, for the target ratios: the CLI >= 0.9x serving_load's photos/s, and
 2 workers >= 1.7x one worker. Peak RSS is VmHWM / ru_maxrss of each process.
 
-    .venv/bin/python bench/count_folder.py --model-dir /work/bench-state/runs/RUN/model
+    .venv/bin/python -m bench.count_folder --model-dir /work/bench-state/runs/RUN/model
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).parent))
-from serving_load import Server, free_port, steady, wait_ready
+from bench.serving_load import Server, steady, wait_ready
+from bookcounter.testing import free_port
 
 
 def load() -> str:

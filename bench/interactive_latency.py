@@ -22,10 +22,10 @@ state and answers clicks (points only): the first click on a photo runs it on th
 later clicks reuse its detections (a click on a detection) or run its mask head on a book-sized
 box (a click off every detection; told apart by the answer's score, 0 there).
 
-    .venv/bin/python bench/interactive_latency.py --photos 6 --clicks 20
-    .venv/bin/python bench/interactive_latency.py --photos 6 --clicks 20 --with-stack
-    .venv/bin/python bench/interactive_latency.py --photos 6 --clicks 20 --with-stack --prompt-runtime torch
-    .venv/bin/python bench/interactive_latency.py --photos 6 --clicks 20 \
+    .venv/bin/python -m bench.interactive_latency --photos 6 --clicks 20
+    .venv/bin/python -m bench.interactive_latency --photos 6 --clicks 20 --with-stack
+    .venv/bin/python -m bench.interactive_latency --photos 6 --clicks 20 --with-stack --prompt-runtime torch
+    .venv/bin/python -m bench.interactive_latency --photos 6 --clicks 20 \
         --champion /work/bench-state/runs/bench-v0001-efficientnet_lite0_fpn-512px-60min-t1/model
 """
 
@@ -43,18 +43,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bookcounter.images import sha256_bytes  # noqa: E402
-from bookcounter.settings import REPO_ROOT, Settings, get_settings  # noqa: E402
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bookcounter.images import sha256_bytes
+from bookcounter.settings import REPO_ROOT, Settings, get_settings
+from bookcounter.testing import free_port
 
 
 def keypoint(x: float, y: float, positive: bool = True) -> dict:

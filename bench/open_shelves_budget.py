@@ -14,8 +14,8 @@ sample's 640x640 squares, both made from the *val* photos:
 - ``sparse``: 0-6 of each photo's books pasted onto a book-free background (3 per photo,
   fixed seeds), which is also how training shows sparse scenes (``trainer.data``).
 
-    .venv/bin/python bench/open_shelves_budget.py --budgets 5 10 30 60
-    .venv/bin/python bench/open_shelves_budget.py --model var/runs/RUN/model   # evaluate only
+    .venv/bin/python -m bench.open_shelves_budget --budgets 5 10 30 60
+    .venv/bin/python -m bench.open_shelves_budget --model var/runs/RUN/model   # evaluate only
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ photo (what training does), each with the NMS IoU fixed at 0.5 or searched in 0.
 count MAE on val, test and on other sparse scenes (other seeds, not chosen on); the model
 directory is not changed.
 
-    .venv/bin/python bench/operating_point.py var/runs/RUN/model [--dataset v0001]
+    .venv/bin/python -m bench.operating_point var/runs/RUN/model [--dataset v0001]
 """
 
 from __future__ import annotations

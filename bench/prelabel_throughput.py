@@ -6,9 +6,9 @@ prompts (one batched decoder call, masks at low resolution until the final resiz
 per minute run one after the other and pipelined (a background worker pre-encodes while the
 main thread decodes), and the latency of a click on a cached embedding.
 
-    .venv/bin/python bench/prelabel_throughput.py                       # vit_t and vit_b
-    .venv/bin/python bench/prelabel_throughput.py --model-types vit_t --photos 8
-    .venv/bin/python bench/prelabel_throughput.py --model-types vit_t --prompt-runtime torch   # before ONNX
+    .venv/bin/python -m bench.prelabel_throughput                       # vit_t and vit_b
+    .venv/bin/python -m bench.prelabel_throughput --model-types vit_t --photos 8
+    .venv/bin/python -m bench.prelabel_throughput --model-types vit_t --prompt-runtime torch   # before ONNX
 
 The prompt path (box prompts, clicks) runs on ONNX Runtime by default, as in the ML backend and
 pre-labelling (exported into a temp dir first); ``--prompt-runtime torch`` measures PyTorch.

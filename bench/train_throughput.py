@@ -3,7 +3,7 @@
 Uses a synthetic batch shaped like a shelf photo (40 tall thin books), so it needs no dataset.
 Timings on a shared CPU are noisy: the median of several iterations is printed.
 
-    .venv/bin/python bench/train_throughput.py --backbones mobilenet_v3_fpn resnet18_fpn --sizes 384 512 640
+    .venv/bin/python -m bench.train_throughput --backbones mobilenet_v3_fpn resnet18_fpn --sizes 384 512 640
 """
 
 from __future__ import annotations

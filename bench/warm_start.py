@@ -11,9 +11,9 @@ iterations depends on the load; a warm run without minutes gets the 3-minute war
 runs them at the same time (one process each, so they share the load alike). The counting
 operating point is chosen on val, as always; test picks nothing.
 
-    .venv/bin/python bench/warm_start.py --v1-minutes 5 --runs warm:3 warm:5 cold:10 --parallel
-    .venv/bin/python bench/warm_start.py --champion DEMO_STATE/runs/v0001-.../model --parallel
-    .venv/bin/python bench/warm_start.py --champion DIR --runs warm:600:epochs=1 warm:600:epochs=1:warmup_iters=5
+    .venv/bin/python -m bench.warm_start --v1-minutes 5 --runs warm:3 warm:5 cold:10 --parallel
+    .venv/bin/python -m bench.warm_start --champion DEMO_STATE/runs/v0001-.../model --parallel
+    .venv/bin/python -m bench.warm_start --champion DIR --runs warm:600:epochs=1 warm:600:epochs=1:warmup_iters=5
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_labelstudio import free_port, save_photo, shelf_photo
+from fixtures_labelstudio import save_photo, shelf_photo
 from fixtures_trainer import make_synthetic_store
 
 from annotator.collect import collect, pending_annotations
@@ -23,6 +23,7 @@ from annotator.labelstudio.server import start_server, stop_server
 from annotator.prelabel import Masker, prelabel
 from bookcounter.dataset_store import DatasetStore
 from bookcounter.settings import REPO_ROOT, Settings, get_settings
+from bookcounter.testing import free_port
 from flows.state_backup import MANIFEST, read_manifest
 from trainer import promote, registry
 

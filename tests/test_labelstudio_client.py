@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fixtures_labelstudio import free_port
 
 from annotator.labelstudio import client
 from annotator.labelstudio.errors import LabelStudioUnavailable
 from annotator.labelstudio.project import ensure_project, fetch_photo
 from bookcounter.settings import Settings
+from bookcounter.testing import free_port
 
 
 @pytest.fixture

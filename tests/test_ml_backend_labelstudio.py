@@ -7,9 +7,6 @@ runs in this process under uvicorn (a thread); ``tests/test_training_trigger.py`
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -18,7 +15,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 from bad_images import BOMB_MESSAGE, TINY_MESSAGE, bomb_png, tiny_jpeg
 from label_studio_sdk.converter import brush
 from PIL import Image
@@ -28,17 +24,12 @@ from annotator.labelstudio.ml_backend_link import connect_ml_backend
 from annotator.labelstudio.project import create_task, ensure_project, upload_photo
 from bookcounter.images import sha256_bytes
 from bookcounter.settings import Settings, get_settings
+from bookcounter.testing import free_port, uvicorn_in_thread
 from serving.ml_backend.backend import TITLE
 from serving.ml_backend.server import create_app, start_backend, stop_backend
 from trainer.registry import load_predictor
 
 pytestmark = pytest.mark.labelstudio
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +48,8 @@ def sam_backend(labelstudio: Settings, tmp_path_factory: pytest.TempPathFactory)
 @contextmanager
 def backend_in_thread(settings: Settings) -> Iterator[str]:
     """A no-SAM backend served by uvicorn in a thread of this process; yields its URL."""
-    port = free_port()
-    app = create_app(settings)  # no checkpoint in a test state dir: no SAM
-    server = uvicorn.Server(uvicorn.Config(app, "127.0.0.1", port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with uvicorn_in_thread(create_app(settings)) as url:  # no checkpoint in a test state dir: no SAM
+        yield url
 
 
 def add_task(settings: Settings, project: int, path: Path) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bad_images import BOMB_MESSAGE, TINY_MESSAGE, bomb_png, tiny_jpeg
-from fixtures_labelstudio import BoxesFromLayout, free_port, save_photo, shelf_photo
+from fixtures_labelstudio import BoxesFromLayout, save_photo, shelf_photo
 from PIL import Image
 
 from annotator.labelstudio.client import client
@@ -21,6 +21,7 @@ from annotator.prelabel import Masker, prelabel
 from bookcounter.errors import UserError
 from bookcounter.images import read_image, sha256_file
 from bookcounter.settings import Settings, get_settings
+from bookcounter.testing import free_port
 
 pytestmark = pytest.mark.labelstudio
 

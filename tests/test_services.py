@@ -17,10 +17,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from fixtures_labelstudio import free_port
 
-from bookcounter.processes import Server, group_alive, is_alive, wait_healthy
+from bookcounter.processes import group_alive, is_alive
 from bookcounter.settings import Settings, get_settings
+from bookcounter.testing import free_port, wait_until_answers
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +83,7 @@ def test_status_lists_every_service_and_stop_ends_only_ours(own_settings: Settin
             f"MLflow UI (mlflow-ui): started at {settings.mlflow_ui_url}",
             f"Prefect UI (prefect-server): started at {ui_url(settings)}",
         ]
-        wait_healthy(f"{settings.ml_backend_url}/health", 60, Server("foreign", settings.run_dir), foreign)
+        wait_until_answers(f"{settings.ml_backend_url}/health", 60, foreign)
         pids = {name: server.pid() for name, server in ours.items()}
         assert all(pids.values()), pids
         # the MLflow UI is one web worker, no job consumers (MLflow's defaults: 15 processes, 2.6 GB)

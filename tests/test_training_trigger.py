@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from test_ml_backend_labelstudio import add_task, backend_in_thread, free_port, photo
+from test_ml_backend_labelstudio import add_task, backend_in_thread, photo
 
 from annotator import events, training_trigger
 from annotator.labelstudio.client import client
@@ -25,6 +25,7 @@ from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.ml_backend_link import connect_ml_backend
 from annotator.labelstudio.project import ensure_project
 from bookcounter.settings import Settings, get_settings
+from bookcounter.testing import free_port
 from flows.prefect_server import prefect_ui_server, start_ui
 from serving.ml_backend.backend import TITLE
 
