@@ -50,3 +50,11 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
 def sample_dir() -> Path:
     assert (SAMPLE_DIR / "test.json").is_file(), f"open-shelves sample not found at {SAMPLE_DIR}"
     return SAMPLE_DIR
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that uses the session's Label Studio (the ``labelstudio`` fixture, ``ls_settings``
+    included) carries the ``labelstudio`` marker, so ``-m "not labelstudio"`` starts no server."""
+    for item in items:
+        if "labelstudio" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.labelstudio)
