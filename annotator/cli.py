@@ -23,9 +23,15 @@ dataset_app = typer.Typer(
 
 @dataset_app.command("import-coco")
 def import_coco(
-    paths: list[Path] = typer.Argument(..., help="COCO instances JSON file(s); train.json/val.json/test.json give their split."),
-    images: Path = typer.Option(..., "--images", help="Folder that the files' image file_name entries are relative to."),
-    split: str | None = typer.Option(None, help="Put every image in this split (train, val or test) unless frozen already."),
+    paths: list[Path] = typer.Argument(
+        ..., help="COCO instances JSON file(s); train.json/val.json/test.json give their split."
+    ),
+    images: Path = typer.Option(
+        ..., "--images", help="Folder that the files' image file_name entries are relative to."
+    ),
+    split: str | None = typer.Option(
+        None, help="Put every image in this split (train, val or test) unless frozen already."
+    ),
     source: str = typer.Option("", help="Source name recorded in the manifest (default: the folder name)."),
     licence: str = typer.Option("", help="Licence of the source, recorded in the manifest."),
     credit: str = typer.Option("", help="Credit line for the source, recorded in the manifest."),
@@ -228,7 +234,9 @@ def review_command(champion: DetectorProvider) -> Callable[..., None]:
     """The ``review`` command, with the champion from ``champion``."""
 
     def review_counts(
-        min_gap: int = typer.Option(2, "--min-gap", min=0, help="Show photos whose counts differ by at least this much."),
+        min_gap: int = typer.Option(
+            2, "--min-gap", min=0, help="Show photos whose counts differ by at least this much."
+        ),
     ) -> None:
         """Photos where the champion's count and the annotator's differ, largest gap first.
 
@@ -241,7 +249,9 @@ def review_command(champion: DetectorProvider) -> Callable[..., None]:
 
         detector = champion()
         if detector is None:
-            console.print("[yellow]no champion yet:[/] counts and likely misses need one; showing annotated counts only")
+            console.print(
+                "[yellow]no champion yet:[/] counts and likely misses need one; showing annotated counts only"
+            )
         rows = review(get_settings(), detector, min_gap)
         if not rows:
             console.print(f"no annotated photo with a count gap of {min_gap} or more, and no likely miss")

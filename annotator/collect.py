@@ -175,7 +175,9 @@ def pending_annotations(settings: Settings) -> Pending:
     project_id = ensure_project(settings)
     with api_errors(settings, "read the project"):
         project = client(settings).projects.get(id=project_id)
-    latest = DatasetStore(settings.datasets_dir).latest()  # after the count: a collect in between lowers it, never raises it
+    latest = DatasetStore(
+        settings.datasets_dir
+    ).latest()  # after the count: a collect in between lowers it, never raises it
     collected = set()
     if latest is not None:
         for im in latest.coco()["images"]:

@@ -54,7 +54,12 @@ def review_tab_data(min_gap: int = REVIEW_MIN_GAP) -> dict[str, Any]:
             "conjunction": "and",
             "items": [
                 {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0},
-                {"filter": "filter:tasks:data.count_gap_abs", "operator": "greater_or_equal", "type": "Number", "value": min_gap},
+                {
+                    "filter": "filter:tasks:data.count_gap_abs",
+                    "operator": "greater_or_equal",
+                    "type": "Number",
+                    "value": min_gap,
+                },
             ],
         },
         "ordering": ["-tasks:data.count_gap_abs"],

@@ -193,7 +193,9 @@ def prelabel(
                 "height": image.height,
             }
             if labelled.predicted_count is not None:
-                task_data.update(predicted_count=labelled.predicted_count, predicted_count_model=masker.detector.model_version)
+                task_data.update(
+                    predicted_count=labelled.predicted_count, predicted_count_model=masker.detector.model_version
+                )
             predictions = []
             if found:
                 predictions.append(

@@ -70,7 +70,9 @@ def check_annotations(settings: Settings, source: str) -> tuple[int, Crossing | 
         pending = pending_annotations(settings)
         if pending.count < threshold:
             return pending.count, None
-        crossing = Crossing(pending.project_id, pending.relative_to, pending.count // threshold, pending.count, threshold)
+        crossing = Crossing(
+            pending.project_id, pending.relative_to, pending.count // threshold, pending.count, threshold
+        )
         last = _last_sent(path)
         if last is not None and (last.project_id, last.relative_to) == (crossing.project_id, crossing.relative_to) \
                 and last.index >= crossing.index:

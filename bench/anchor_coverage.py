@@ -22,7 +22,12 @@ from trainer.model import ModelConfig, anchors_for
 def coverage(config: ModelConfig, boxes_per_photo: list[torch.Tensor]) -> dict[str, float]:
     anchors = anchors_for(config)
     best = torch.cat([box_iou(b, anchors).max(1).values for b in boxes_per_photo if len(b)])
-    return {"iou>=0.7": (best >= 0.7).float().mean().item(), "iou>=0.5": (best >= 0.5).float().mean().item(), "median": best.median().item(), "anchors": len(anchors)}
+    return {
+        "iou>=0.7": (best >= 0.7).float().mean().item(),
+        "iou>=0.5": (best >= 0.5).float().mean().item(),
+        "median": best.median().item(),
+        "anchors": len(anchors),
+    }
 
 
 def main() -> None:
@@ -43,7 +48,10 @@ def main() -> None:
     print(f"{len(torch.cat(boxes))} books in {len(boxes)} photos at {args.image_size} px")
     for name, cfg in (("ours", ours), ("ratios 0.5-2, same sizes", usual)):
         c = coverage(cfg, boxes)
-        print(f"{name:28s} best anchor IoU >= 0.7: {c['iou>=0.7']:.0%}  >= 0.5: {c['iou>=0.5']:.0%}  median {c['median']:.2f}  ({c['anchors']} anchors)")
+        print(
+            f"{name:28s} best anchor IoU >= 0.7: {c['iou>=0.7']:.0%}  >= 0.5: {c['iou>=0.5']:.0%}  "
+            f"median {c['median']:.2f}  ({c['anchors']} anchors)"
+        )
 
 
 if __name__ == "__main__":

@@ -73,7 +73,9 @@ def bench_flow(folder: Path, work: Path, n_workers: int, n_photos: int) -> tuple
             warm.mkdir(exist_ok=True)
             if not any(warm.iterdir()):
                 (warm / "one.jpg").symlink_to(next(folder.iterdir()).resolve())
-            flow(paths=[str(warm)], out=str(work / f"warm-up-{n_workers}.csv"))  # Prefect's server and client up, untimed
+            flow(
+                paths=[str(warm)], out=str(work / f"warm-up-{n_workers}.csv")
+            )  # Prefect's server and client up, untimed
             started = time.monotonic()
             summary = flow(paths=[str(folder)], out=str(work / f"flow-{n_workers}.csv"))
             wall = time.monotonic() - started
@@ -123,10 +125,16 @@ def peak_rss_mb(pid: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, help="model directory to count with (default: the state dir's champion)")
+    parser.add_argument(
+        "--model-dir", type=Path, help="model directory to count with (default: the state dir's champion)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="count only the first N photos (default all 149)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="duration of the serving_load comparison (default 20)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["cli", "flow1", "flow2", "post"], help="modes to leave out")
+    parser.add_argument(
+        "--seconds", type=float, default=20.0, help="duration of the serving_load comparison (default 20)"
+    )
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["cli", "flow1", "flow2", "post"], help="modes to leave out"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-count-folder-"))
@@ -174,10 +182,14 @@ def main() -> None:
                 model = wait_ready(base, server, 300)
                 results["post"] = post_all(base, photos, 2)
                 print(f"POST /count, 2 clients, all photos: {results['post']:.2f} photos/s ({load()})")
-                steady_results, wall = steady(Server(base, model, server.pid, None), photos[0].read_bytes(), 2, args.seconds)
+                steady_results, wall = steady(
+                    Server(base, model, server.pid, None), photos[0].read_bytes(), 2, args.seconds
+                )
                 results["serving_load"] = len(steady_results.counts) / wall
-                print(f"serving_load.py (2 clients, 1 photo, {args.seconds:g} s): {results['serving_load']:.2f} photos/s, "
-                      f"{len(steady_results.errors)} errors; server peak RSS {peak_rss_mb(server.pid):.0f} MB ({load()})")
+                print(
+                    f"serving_load (2 clients, 1 photo, {args.seconds:g} s): {results['serving_load']:.2f} photos/s, "
+                    f"{len(steady_results.errors)} errors; server peak RSS {peak_rss_mb(server.pid):.0f} MB ({load()})"
+                )
             finally:
                 server.terminate()
                 server.wait(timeout=30)

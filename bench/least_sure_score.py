@@ -78,7 +78,8 @@ def main() -> None:
         order = np.argsort(-a[:, k], kind="stable")
         print(
             f"  {name:9s}: Spearman rho vs |count error| {rho:+.2f} ; "
-            f"MAE of the least-sure quarter {err[order[:quarter]].mean():.2f} vs the rest {err[order[quarter:]].mean():.2f}"
+            f"MAE of the least-sure quarter {err[order[:quarter]].mean():.2f} "
+            f"vs the rest {err[order[quarter:]].mean():.2f}"
         )
 
 

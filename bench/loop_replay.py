@@ -42,11 +42,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--per-round", type=int, default=20, help="train photos annotated per round")
-    p.add_argument("--budget-minutes", type=float, default=None, help="training budget per round (default: the retrain flow's)")
+    p.add_argument(
+        "--budget-minutes", type=float, default=None, help="training budget per round (default: the retrain flow's)"
+    )
     p.add_argument("--order", choices=ORDERS, default="random", help="which inbox photos are annotated next")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random order (and of the first round of least-sure)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the random order (and of the first round of least-sure)"
+    )
     p.add_argument("--threads", type=int, default=1, help="CPU threads for training, scoring and evaluation")
-    p.add_argument("--out", type=Path, default=Path("var/bench/loop-replay"), help="curve JSON per order + learning_curve.png")
+    p.add_argument(
+        "--out", type=Path, default=Path("var/bench/loop-replay"), help="curve JSON per order + learning_curve.png"
+    )
     p.add_argument("--state-dir", type=Path, default=None, help="default: a new temp dir")
     p.add_argument("--ls-port", type=int, default=8189)
     args = p.parse_args()
@@ -92,7 +98,9 @@ def main() -> None:
                 break
             t0 = time.monotonic()
             champion = registry.champion()
-            batch = next_batch(pool, args.per_round, args.order, champion and registry.load_predictor(champion.version, device="cpu"))
+            batch = next_batch(
+                pool, args.per_round, args.order, champion and registry.load_predictor(champion.version, device="cpu")
+            )
             pool = [item for item in pool if all(item is not b for b in batch)]
             settings.inbox_dir.mkdir(parents=True, exist_ok=True)
             for item in batch:
@@ -105,20 +113,32 @@ def main() -> None:
             d = promote.history()[-1]
             trained_on = {im["sha256"] for im in store.get(d["dataset_version"]).coco("train")["images"]}
             if trained_on & fixed_shas:
-                raise SystemExit(f"{d['dataset_version']}: {len(trained_on & fixed_shas)} fixed-set photos in the train split")
+                raise SystemExit(
+                    f"{d['dataset_version']}: {len(trained_on & fixed_shas)} fixed-set photos in the train split"
+                )
             champion = registry.champion()
             if champion is not None and champion.version not in measured:
                 measured[champion.version] = fixed_set_metrics(registry.model_dir(champion.version), fixed)
             m = measured.get(champion.version, {}) if champion else {}
-            rows.append({
-                "round": r + 1, "photos": annotated, "annotator_s": seconds, "dataset": d["dataset_version"],
-                "candidate": d["candidate"], "decision": d["decision"], "champion": champion.version if champion else None,
-                "count_mae": m.get("count_mae"), "segm_AP50": m.get("segm_AP50"),
-                "prelabel": prelabel_quality(store.get(d["dataset_version"]).manifest().get("report", {})),
-                "minutes": (time.monotonic() - t0) / 60,
-            })
+            rows.append(
+                {
+                    "round": r + 1,
+                    "photos": annotated,
+                    "annotator_s": seconds,
+                    "dataset": d["dataset_version"],
+                    "candidate": d["candidate"],
+                    "decision": d["decision"],
+                    "champion": champion.version if champion else None,
+                    "count_mae": m.get("count_mae"),
+                    "segm_AP50": m.get("segm_AP50"),
+                    "prelabel": prelabel_quality(store.get(d["dataset_version"]).manifest().get("report", {})),
+                    "minutes": (time.monotonic() - t0) / 60,
+                }
+            )
             _print(rows, args.order)
-            (args.out / f"curve-{args.order}.json").write_text(json.dumps({"order": args.order, "baseline_count_mae": baseline, "rounds": rows}, indent=2))
+            (args.out / f"curve-{args.order}.json").write_text(
+                json.dumps({"order": args.order, "baseline_count_mae": baseline, "rounds": rows}, indent=2)
+            )
             plot(args.out)
     finally:
         stop_server(settings)
@@ -134,7 +154,9 @@ def next_batch(pool: list, n: int, order: str, champion) -> list:
     from bookcounter.images import decode_image
     from bookcounter.uncertainty import uncertainty
 
-    scores = [uncertainty(champion, decode_image(item.data, item.file_name)) for item in tqdm(pool, desc="least-sure scores")]
+    scores = [
+        uncertainty(champion, decode_image(item.data, item.file_name)) for item in tqdm(pool, desc="least-sure scores")
+    ]
     ranked = sorted(range(len(pool)), key=lambda i: -scores[i])
     return [pool[i] for i in ranked[:n]]
 
@@ -160,7 +182,9 @@ def fixed_set_baseline(version, train_counts: list[int]) -> float:
 
 def prelabel_quality(report: dict[str, Any]) -> str:
     """Pre-label recall / precision from collect's report of the version, when it has them."""
-    found = {k: v for k, v in _flatten(report).items() if isinstance(v, (int, float)) and ("recall" in k or "precision" in k)}
+    found = {
+        k: v for k, v in _flatten(report).items() if isinstance(v, (int, float)) and ("recall" in k or "precision" in k)
+    }
     rec = next((v for k, v in found.items() if "recall" in k), None)
     prec = next((v for k, v in found.items() if "precision" in k), None)
     return "-" if rec is None and prec is None else f"R {_f(rec, 2)} / P {_f(prec, 2)}"
@@ -210,8 +234,22 @@ HEADER = ["round", "photos annotated", "annotator-s", "dataset", "candidate", "d
 
 
 def _print(rows: list[dict[str, Any]], order: str) -> None:
-    table = [[r["round"], r["photos"], f"{r['annotator_s']:.0f}", r["dataset"], r["candidate"], r["decision"], r["champion"] or "-",
-              _f(r["count_mae"]), _f(r["segm_AP50"]), r["prelabel"], f"{r['minutes']:.1f}"] for r in rows]
+    table = [
+        [
+            r["round"],
+            r["photos"],
+            f"{r['annotator_s']:.0f}",
+            r["dataset"],
+            r["candidate"],
+            r["decision"],
+            r["champion"] or "-",
+            _f(r["count_mae"]),
+            _f(r["segm_AP50"]),
+            r["prelabel"],
+            f"{r['minutes']:.1f}",
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(HEADER, *table)]
     print(f"order: {order}")
     for row in [HEADER, *table]:

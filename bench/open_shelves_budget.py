@@ -52,7 +52,10 @@ def shape_checks(predictor: Predictor, version: DatasetVersion) -> dict[str, dic
             scene, scene_masks = sparse_scene(photo, masks, np.random.default_rng(10_000 + 3 * i + k))
             truth["sparse"].append(len(scene_masks))
             pred["sparse"].append(len(predictor.predict(scene)))
-    return {name: {**count_errors(truth[name], pred[name]), "photos": len(truth[name]), "books": sum(truth[name])} for name in truth}
+    return {
+        name: {**count_errors(truth[name], pred[name]), "photos": len(truth[name]), "books": sum(truth[name])}
+        for name in truth
+    }
 
 
 def by_density(per_image: list[dict]) -> dict[str, str]:
@@ -70,7 +73,10 @@ def report(model_dir: Path, version: DatasetVersion, out_dir: Path) -> dict:
     for split in ("val", "test"):
         r = evaluate_model(model_dir, version, split, out_dir=out_dir / split, progress=False)
         m = r["metrics"]
-        row[split] = {k: round(m[k], 3) for k in ("count_mae", "baseline_count_mae", "segm_AP", "segm_AP50", "bbox_AP50", "threshold", "nms_iou")}
+        row[split] = {
+            k: round(m[k], 3)
+            for k in ("count_mae", "baseline_count_mae", "segm_AP", "segm_AP50", "bbox_AP50", "threshold", "nms_iou")
+        }
         row[split]["density"] = by_density(r["per_image"])
     row["shapes"] = shape_checks(Predictor(model_dir, device="cpu"), version)
     return row
@@ -81,8 +87,9 @@ def show(row: dict) -> None:
     for split in ("val", "test"):
         m = row[split]
         print(
-            f"  {split:4s}: count MAE {m['count_mae']:.2f} (median baseline {m['baseline_count_mae']:.2f}), mask AP {m['segm_AP']:.3f}, "
-            f"AP50 {m['segm_AP50']:.3f}, box AP50 {m['bbox_AP50']:.3f}  [threshold {m['threshold']:.2f}, NMS IoU {m['nms_iou']:.1f}]"
+            f"  {split:4s}: count MAE {m['count_mae']:.2f} (median baseline {m['baseline_count_mae']:.2f}), "
+            f"mask AP {m['segm_AP']:.3f}, AP50 {m['segm_AP50']:.3f}, box AP50 {m['bbox_AP50']:.3f}  "
+            f"[threshold {m['threshold']:.2f}, NMS IoU {m['nms_iou']:.1f}]"
         )
         for name, text in m["density"].items():
             print(f"        {name:>5s} books: {text}")
@@ -95,7 +102,9 @@ def main() -> None:
     p.add_argument("--budgets", nargs="+", type=float, default=[10], help="CPU minutes per training run")
     p.add_argument("--model", type=Path, help="evaluate this model directory instead of training")
     p.add_argument("--dataset", default="v0001")
-    p.add_argument("--recipe", default="{}", help='JSON overrides of the default config, e.g. \'{"model": {"image_size": 640}}\'')
+    p.add_argument(
+        "--recipe", default="{}", help='JSON overrides of the default config, e.g. \'{"model": {"image_size": 640}}\''
+    )
     p.add_argument("--tag", default="", help="added to the run directory's name")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
@@ -109,10 +118,16 @@ def main() -> None:
     for budget in args.budgets:
         cfg = default_train_config(version.name, "cpu", {**json.loads(args.recipe), "max_minutes": budget})
         print(f"budget {budget:g} min: {json.dumps(cfg.to_dict())}", flush=True)
-        run_dir = s.runs_dir / f"bench-{version.name}-{cfg.model.backbone}-{cfg.model.image_size}px-{budget:g}min{args.tag}"
+        run_dir = (
+            s.runs_dir / f"bench-{version.name}-{cfg.model.backbone}-{cfg.model.image_size}px-{budget:g}min{args.tag}"
+        )
         t0 = time.monotonic()
         out = train_and_save(cfg, store, run_dir, progress=False)
-        row = {"budget_min": budget, "train_min": round((time.monotonic() - t0) / 60, 1), **report(out, version, run_dir / "bench")}
+        row = {
+            "budget_min": budget,
+            "train_min": round((time.monotonic() - t0) / 60, 1),
+            **report(out, version, run_dir / "bench"),
+        }
         rows.append(row)
         show(row)
         (run_dir / "bench.json").write_text(json.dumps(row, indent=2))

@@ -271,8 +271,10 @@ def soak(server: Server, mix: list[Upload], clients: int, minutes: float) -> tup
         for t in threads:
             t.join(timeout=max(0.0, min(started + minute * 60, deadline) - time.monotonic()))
         mem, rows = server.memory_mb(), results.all()
-        line = (f"minute {minute:>2}: {len(rows)} answers, {sum(s == 503 for s, _ in rows)} busy, "
-                f"{len(results.errors)} errors; server RSS {mem.get('VmRSS', 0):.0f} MB, peak {mem.get('VmHWM', 0):.0f} MB")
+        line = (
+            f"minute {minute:>2}: {len(rows)} answers, {sum(s == 503 for s, _ in rows)} busy, "
+            f"{len(results.errors)} errors; server RSS {mem.get('VmRSS', 0):.0f} MB, peak {mem.get('VmHWM', 0):.0f} MB"
+        )
         memory.append(line)
         print(line, flush=True)
     for t in threads:

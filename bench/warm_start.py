@@ -1,15 +1,16 @@
 """Warm start vs cold start on the same new dataset version (count MAE and mask AP50 on val and test).
 
-The champion to warm from is ``--champion DIR`` (a model trained on a subset), or a ``v1`` trained cold on the first ``--v1-photos`` train photos of
-the sample (by file name) for ``--v1-minutes``, registered and made champion. The **new
-version** is then the whole sample (100 train photos; the same val and test). On it, each
-``--runs`` entry trains for its minutes: ``warm:M`` with ``init: champion`` (fine-tunes v1),
-``cold:M`` with the pretrained default (``init: imagenet``); ``warm:M:LR`` with learning rate LR. Fields
-``key=value`` override any other training setting, e.g. ``warm:600:epochs=1:warmup_iters=5`` trains one
-epoch with a 5-iteration warmup (600 minutes is only a cap, so neither the schedule nor the number of
-iterations depends on the load; a warm run without minutes gets the 3-minute warm-start budget). ``--threads`` each (1); ``--parallel``
-runs them at the same time (one process each, so they share the load alike). The counting
-operating point is chosen on val, as always; test picks nothing.
+The champion to warm from is ``--champion DIR`` (a model trained on a subset), or a ``v1``
+trained cold on the first ``--v1-photos`` train photos of the sample (by file name) for
+``--v1-minutes``, registered and made champion. The **new version** is then the whole sample
+(100 train photos; the same val and test). On it, each ``--runs`` entry trains for its minutes:
+``warm:M`` with ``init: champion`` (fine-tunes v1), ``cold:M`` with the pretrained default
+(``init: imagenet``); ``warm:M:LR`` with learning rate LR. Fields ``key=value`` override any
+other training setting, e.g. ``warm:600:epochs=1:warmup_iters=5`` trains one epoch with a
+5-iteration warmup (600 minutes is only a cap, so neither the schedule nor the number of
+iterations depends on the load; a warm run without minutes gets the 3-minute warm-start budget).
+``--threads`` each (1); ``--parallel`` runs them at the same time (one process each, so they
+share the load alike). The counting operating point is chosen on val, as always; test picks nothing.
 
     .venv/bin/python -m bench.warm_start --v1-minutes 5 --runs warm:3 warm:5 cold:10 --parallel
     .venv/bin/python -m bench.warm_start --champion DEMO_STATE/runs/v0001-.../model --parallel
@@ -55,8 +56,16 @@ def train_and_report(kind: str, overrides: dict, dataset: str, threads: int) -> 
     load0 = os.getloadavg()[0]
     out = train_and_save(cfg, store, get_settings().runs_dir / f"{name}-{dataset}", progress=False, log=lambda _: None)
     meta = json.loads((out / "model.json").read_text())
-    row = {"run": name, "lr": cfg.lr, "warmup_iters": cfg.warmup_iters, "init_loaded": meta["init_loaded"].get("init"), "iterations": len(meta["iter_losses"]),
-           "first_loss": meta["iter_losses"][0], "load_start": round(load0, 1), "load_end": round(os.getloadavg()[0], 1)}
+    row = {
+        "run": name,
+        "lr": cfg.lr,
+        "warmup_iters": cfg.warmup_iters,
+        "init_loaded": meta["init_loaded"].get("init"),
+        "iterations": len(meta["iter_losses"]),
+        "first_loss": meta["iter_losses"][0],
+        "load_start": round(load0, 1),
+        "load_end": round(os.getloadavg()[0], 1),
+    }
     for split in ("val", "test"):
         m = evaluate_model(out, store.get(dataset), split, progress=False)["metrics"]
         row[split] = {"count_mae": round(m["count_mae"], 2), "segm_AP50": round(m["segm_AP50"], 3)}
@@ -67,9 +76,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--v1-photos", type=int, default=40)
     p.add_argument("--v1-minutes", type=float, default=5.0)
-    p.add_argument("--champion", type=Path, help="a model directory trained on a subset to warm from, instead of training v1")
-    p.add_argument("--runs", nargs="+", default=["warm:3", "warm:5", "cold:10"],
-                   help="warm:MINUTES or cold:MINUTES, with :LR to override the learning rate (e.g. warm:3:3e-4), and :key=value for any other setting")
+    p.add_argument(
+        "--champion", type=Path, help="a model directory trained on a subset to warm from, instead of training v1"
+    )
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=["warm:3", "warm:5", "cold:10"],
+        help="warm:MINUTES or cold:MINUTES, with :LR to override the learning rate (e.g. warm:3:3e-4), "
+        "and :key=value for any other setting",
+    )
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     p.add_argument("--parallel", action="store_true", help="train the runs at the same time, one process each")
     p.add_argument("--state-dir", type=Path, default=None, help="default: a new temp dir")
@@ -92,7 +108,11 @@ def main() -> None:
         info = registry.register(args.champion)
         registry.set_champion(info.version)
         meta = json.loads((args.champion / "model.json").read_text())
-        print(f"champion: {args.champion} ({meta['train'].get('max_minutes')} min, {len(meta['iter_losses'])} iterations)", flush=True)
+        print(
+            f"champion: {args.champion} "
+            f"({meta['train'].get('max_minutes')} min, {len(meta['iter_losses'])} iterations)",
+            flush=True,
+        )
     if registry.champion() is None:
         v1 = store.commit(train[: args.v1_photos] + held_out, source=source).version
         print(f"v1: {v1.name} ({args.v1_photos} train photos), cold, {args.v1_minutes:g} min", flush=True)
@@ -101,7 +121,11 @@ def main() -> None:
         info = registry.register(get_settings().runs_dir / f"{row['run']}-{v1.name}" / "model")
         registry.set_champion(info.version)
     new = store.commit(train + held_out, source=source).version
-    print(f"new version {new.name}: {len(new.coco('train')['images'])} train photos; champion v{registry.champion().version}", flush=True)
+    print(
+        f"new version {new.name}: {len(new.coco('train')['images'])} train photos; "
+        f"champion v{registry.champion().version}",
+        flush=True,
+    )
     runs = [(*parse_run(r), new.name, args.threads) for r in args.runs]
     t0 = time.monotonic()
     if args.parallel:

@@ -178,7 +178,8 @@ class DatasetStore:
             for i, rle in enumerate(item.masks):
                 if list(rle["size"]) != [img.height, img.width]:
                     raise DatasetError(
-                        f"{item.file_name}: mask {i} is {rle['size'][1]}x{rle['size'][0]}, image is {img.width}x{img.height}"
+                        f"{item.file_name}: mask {i} is {rle['size'][1]}x{rle['size'][0]}, "
+                        f"image is {img.width}x{img.height}"
                     )
             if item.split is not None and item.split not in SPLITS:
                 raise DatasetError(f"{item.file_name}: unknown split {item.split!r} (use train, val or test)")
@@ -193,7 +194,9 @@ class DatasetStore:
             for sha, (item, width, height) in checked.items():
                 split = frozen.get(sha) or item.split or hash_split(sha, self.test_fraction, self.val_fraction)
                 if item.split and split != item.split:
-                    report.setdefault("split_kept", []).append(f"{item.file_name}: stays in {split} (source says {item.split})")
+                    report.setdefault("split_kept", []).append(
+                        f"{item.file_name}: stays in {split} (source says {item.split})"
+                    )
                 suffix = Path(item.file_name).suffix.lower() or ".jpg"
                 records[sha] = {
                     "sha256": sha,

@@ -36,7 +36,9 @@ class Detector(Protocol):
     @property
     def threshold(self) -> float: ...  # the counting threshold
 
-    def predict(self, image: Image.Image, threshold: float | None = None) -> Sequence[Instance]: ...  # default: its threshold
+    def predict(
+        self, image: Image.Image, threshold: float | None = None
+    ) -> Sequence[Instance]: ...  # default: its threshold
 
     def masks_for_boxes(self, image: Image.Image, boxes: np.ndarray) -> np.ndarray: ...
 

@@ -51,7 +51,9 @@ class Settings(BaseSettings):
     ls_username: str = "admin@bookcounter.local"
     ls_password: SecretStr | None = Field(None, description="Admin password; default: generated into secrets.env.")
     ls_token: SecretStr | None = Field(
-        None, max_length=40, description="Legacy API token (at most 40 characters); default: generated into secrets.env."
+        None,
+        max_length=40,
+        description="Legacy API token (at most 40 characters); default: generated into secrets.env.",
     )
     ls_project_title: str = "Books"
     ls_venv: Path = Field(REPO_ROOT / ".venv-labelstudio", description="Venv holding the Label Studio server.")
@@ -64,13 +66,16 @@ class Settings(BaseSettings):
     ml_backend_port: int = 9090
     retrain_every_n_annotations: int = Field(20, description="Start the loop after this many new annotations; 0 = off.")
     sam_random_init: bool = Field(
-        False, description="Tests and benchmarks only: the ML backend uses random SAM weights when no checkpoint is found."
+        False,
+        description="Tests and benchmarks only: the ML backend uses random SAM weights when no checkpoint is found.",
     )
 
     # --- training / registry -------------------------------------------------------------
     mlflow_experiment: str = "bookcounter"
     registered_model_name: str = "bookcounter-maskrcnn"
-    promote_mae_margin: float = Field(0.0, ge=0, description="Candidate count MAE must beat the champion's by more than this.")
+    promote_mae_margin: float = Field(
+        0.0, ge=0, description="Candidate count MAE must beat the champion's by more than this."
+    )
     promote_ap_tolerance: float = Field(0.02, ge=0, description="Candidate mask AP may fall by at most this much.")
 
     # --- serving ---------------------------------------------------------------------------
@@ -83,7 +88,9 @@ class Settings(BaseSettings):
         2, ge=1, description="Photos POST /count holds at once (upload, decode, model); past that it answers 503."
     )
     min_photo_side: int = Field(
-        64, ge=1, description="Photos whose shorter side is smaller are refused (HTTP 422): see bench/min_photo_size.py."
+        64,
+        ge=1,
+        description="Photos whose shorter side is smaller are refused (HTTP 422): see bench/min_photo_size.py.",
     )
     api_key: SecretStr | None = Field(
         None, description="If set, the page and API ask for it (X-API-Key, Bearer, or the page's ?key=)."
@@ -95,7 +102,9 @@ class Settings(BaseSettings):
     mlflow_ui_port: int = 5000
 
     # --- backups ---------------------------------------------------------------------------
-    backup_dir: Path | None = Field(None, description="Where the nightly backup writes; default <state_dir>-backups beside it.")
+    backup_dir: Path | None = Field(
+        None, description="Where the nightly backup writes; default <state_dir>-backups beside it."
+    )
     backup_keep: int = Field(7, ge=1, description="How many nightly backups are kept.")
     backup_cron: str = Field("30 1 * * *", description="When the nightly backup runs (cron, local time).")
 

@@ -31,7 +31,9 @@ def run_flow(
     max_minutes: float | None = typer.Option(None, help="retrain/loop: training time budget in minutes."),
     inbox: str | None = typer.Option(None, help="prelabel: the inbox folder (default var/inbox)."),
     run_name: str | None = typer.Option(None, help="Name of the flow run shown in the Prefect UI."),
-    photos: list[str] | None = typer.Option(None, "--photos", help="count-folder: a photo or folder (repeat for more)."),
+    photos: list[str] | None = typer.Option(
+        None, "--photos", help="count-folder: a photo or folder (repeat for more)."
+    ),
     out: str = typer.Option("counts.csv", help="count-folder: the results file (as `bookcounter count --out`)."),
 ) -> None:
     """Run one flow now, in this process (it shows up in the Prefect UI like a scheduled run)."""
@@ -138,8 +140,14 @@ def stop_command(
 
 
 def demo(
-    first_train_photos: int = typer.Option(40, help="Train photos in the first dataset version; the rest go through the inbox."),
-    budget_minutes: float = typer.Option(15.0, help="Training time budget of the first training (and of the second when the first was rejected), in minutes; the second fine-tunes a champion for the trainer's warm-start budget (3 min)."),
+    first_train_photos: int = typer.Option(
+        40, help="Train photos in the first dataset version; the rest go through the inbox."
+    ),
+    budget_minutes: float = typer.Option(
+        15.0,
+        help="Training time budget of the first training (and of the second when the first was rejected), "
+        "in minutes; the second fine-tunes a champion for the trainer's warm-start budget (3 min).",
+    ),
 ) -> None:
     """Run the whole loop for real on the sample photos (open-shelves, BOOKCOUNTER_SAMPLE_DIR):
     first version -> first model -> inbox -> prelabel -> replayed annotations -> collect ->

@@ -66,7 +66,9 @@ def run_demo(settings: Settings, first_train_photos: int = 40, budget_minutes: f
     train_items.sort(key=lambda item: item.file_name)
     first, rest = train_items[:first_train_photos], train_items[first_train_photos:]
     items = first + read_coco(files["val"], sample)[0] + read_coco(files["test"], sample)[0]
-    result = DatasetStore.from_settings(settings).commit(items, source={**SOURCE, "files": [str(f) for f in files.values()]})
+    result = DatasetStore.from_settings(settings).commit(
+        items, source={**SOURCE, "files": [str(f) for f in files.values()]}
+    )
     first_version = result.version.name
     console.print(f"{'created' if result.created else 'already there:'} {first_version} "
                   f"({len(first)} of {len(train_items)} train photos, all val and test)")
@@ -118,7 +120,11 @@ def _summary(settings: Settings, before, first, urls: dict[str, str], seconds: f
     versions = Table("dataset version", "parent", "train", "val", "test")
     for v in store.versions():
         m = v.manifest()
-        versions.add_row(v.name, m["parent"] or "-", *(f"{m['counts'][s]['images']} photos / {m['counts'][s]['books']} books" for s in SPLITS))
+        versions.add_row(
+            v.name,
+            m["parent"] or "-",
+            *(f"{m['counts'][s]['images']} photos / {m['counts'][s]['books']} books" for s in SPLITS),
+        )
     console.print(versions)
     decisions = Table("model", "dataset", "decision", "count MAE (test)", "mask AP (test)",
                       "champion then", "its MAE", "its mask AP")
@@ -137,8 +143,10 @@ def _summary(settings: Settings, before, first, urls: dict[str, str], seconds: f
     from trainer import registry
 
     now = registry.champion()
-    console.print(f"champion before the demo: {before.version if before else 'none'}; "
-                  f"after the first training: {first.version if first else 'none'}; now: {now.version if now else 'none'}")
+    console.print(
+        f"champion before the demo: {before.version if before else 'none'}; "
+        f"after the first training: {first.version if first else 'none'}; now: {now.version if now else 'none'}"
+    )
     for name, url in urls.items():
         console.print(f"{name:>13}: {url}")
     console.print(f"Label Studio {settings.ls_login_hint}")

@@ -45,7 +45,11 @@ def collect_task() -> dict[str, Any] | None:
     if result is None:
         return None
     manifest = result.version.manifest()
-    return {"version": result.version.name, **manifest["counts"], "prelabel_quality": manifest["report"].get("prelabel_quality")}
+    return {
+        "version": result.version.name,
+        **manifest["counts"],
+        "prelabel_quality": manifest["report"].get("prelabel_quality"),
+    }
 
 
 @flow(name="collect", log_prints=True)
@@ -60,7 +64,9 @@ def collect_flow() -> str | None:
     rows = [{"split": s, "photos": made[s]["images"], "books": made[s]["books"]} for s in ("train", "val", "test")]
     create_table_artifact(rows, key="collect", description=f"New dataset version {made['version']}")
     if (made.get("prelabel_quality") or {}).get("photos"):
-        create_markdown_artifact(_prelabel_quality_markdown(made["version"], made["prelabel_quality"]), key="prelabel-quality")
+        create_markdown_artifact(
+            _prelabel_quality_markdown(made["version"], made["prelabel_quality"]), key="prelabel-quality"
+        )
     print(f"collect: created {made['version']}")
     return made["version"]
 
@@ -111,7 +117,8 @@ def retrain_flow(
     The candidate fine-tunes the champion when there is one with the same network (else it
     starts from the pretrained default; model.json's ``init_loaded`` says which).
     ``max_minutes`` is a training time budget (default: the trainer's ``WARM_START`` or
-    ``COLD_START`` budget); ``recipe`` overrides fields of the trainer's default config, e.g. ``{"epochs": 20, "model": {"image_size": 384}}``.
+    ``COLD_START`` budget); ``recipe`` overrides fields of the trainer's default config, e.g.
+    ``{"epochs": 20, "model": {"image_size": 384}}``.
     """
     from trainer import promote, registry
 
@@ -167,8 +174,9 @@ def watch_annotations_flow() -> dict[str, Any]:
 
 
 def _decision_markdown(d: dict[str, Any]) -> str:
+    candidate, champion = d.get("candidate_metrics") or {}, d.get("champion_metrics") or {}
     rows = "\n".join(
-        f"| {k} | {_fmt((d.get('candidate_metrics') or {}).get(k))} | {_fmt((d.get('champion_metrics') or {}).get(k))} |"
+        f"| {k} | {_fmt(candidate.get(k))} | {_fmt(champion.get(k))} |"
         for k in ("count_mae", "segm_AP", "segm_AP50")
     )
     return (
@@ -184,7 +192,8 @@ def _prelabel_quality_markdown(version: str, q: dict[str, Any]) -> str:
         f"{q['photos']} annotated photo(s) had a pre-label; masks matched {q['match']}.\n\n"
         "| | share | masks |\n|---|---|---|\n"
         f"| recall (human masks the pre-label found) | {_fmt(q['recall'])} | {q['matched']} of {q['human_masks']} |\n"
-        f"| precision (pre-label masks the annotator kept) | {_fmt(q['precision'])} | {q['matched']} of {q['prelabel_masks']} |\n"
+        f"| precision (pre-label masks the annotator kept) | {_fmt(q['precision'])} "
+        f"| {q['matched']} of {q['prelabel_masks']} |\n"
     )
 
 

@@ -58,7 +58,9 @@ app.add_typer(ui_app, name="ui")
 @app.command("setup-models")
 def setup_models(
     sam_model_type: list[str] = typer.Option(
-        None, "--sam-model-type", help="SAM types to fetch (vit_t, vit_b, vit_l, vit_h); default: settings.sam_model_type."
+        None,
+        "--sam-model-type",
+        help="SAM types to fetch (vit_t, vit_b, vit_l, vit_h); default: settings.sam_model_type.",
     ),
 ) -> None:
     """Download pretrained weights into var/models/ (the only step that downloads anything).
@@ -83,7 +85,9 @@ def setup_models(
 
     for name, error in fetch_torchvision_weights(settings.models_dir / "torch"):
         if error:
-            typer.secho(f"torchvision {name}: not available, training starts from scratch: {error}", fg="yellow", err=True)
+            typer.secho(
+                f"torchvision {name}: not available, training starts from scratch: {error}", fg="yellow", err=True
+            )
         else:
             typer.echo(f"torchvision {name}: {settings.models_dir / 'torch' / 'checkpoints'}")
 

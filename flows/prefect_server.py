@@ -37,6 +37,16 @@ def configure_prefect(settings: Settings) -> None:
 def start_ui(settings: Settings) -> str:
     """Start ``prefect server start`` on 127.0.0.1 over bookcounter's Prefect database."""
     env = {"PREFECT_HOME": str(settings.prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(settings.prefect_port),
+    ]
     prefect_ui_server(settings).start(cmd, f"{ui_url(settings)}/api/health", env=env, timeout=120)
     return ui_url(settings)

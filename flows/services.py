@@ -51,7 +51,9 @@ class ServiceState:
         """What a person should know beyond the state, or None."""
         s = self.service
         if self.pid is None and self.answers:
-            return f"{s.name}: {s.url} answers, but not a process bookcounter started ('bookcounter stop' leaves it alone)"
+            return (
+                f"{s.name}: {s.url} answers, but not a process bookcounter started ('bookcounter stop' leaves it alone)"
+            )
         if self.pid is not None and not self.answers:
             return f"{s.name}: pid {self.pid} runs but {s.health_url} does not answer (starting, or stuck: see its log)"
         return None

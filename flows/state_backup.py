@@ -148,7 +148,9 @@ def restore(settings: Settings, src: Path) -> dict[str, Any]:
     manifest = read_manifest(src)
     state = settings.state_dir
     if state.exists() and any(state.iterdir()):
-        raise BackupError(f"state dir {state} is not empty; restore only into an empty one (or a new BOOKCOUNTER_STATE_DIR)")
+        raise BackupError(
+            f"state dir {state} is not empty; restore only into an empty one (or a new BOOKCOUNTER_STATE_DIR)"
+        )
     for rel, info in manifest["files"].items():
         path = src / FILES / rel
         if not path.is_file():

@@ -56,13 +56,13 @@ def create_app(settings: Settings | None = None, registry: Registry | None = Non
     api_key = settings.api_key.get_secret_value() if settings.api_key else ""
     if api_key:
         app.add_middleware(ApiKeyGate, key=api_key)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    paths = frozenset(route.path for router in routes.ROUTERS for route in router.routes)
+    app.add_middleware(RequestMetrics, metrics=metrics, paths=paths)
     app.add_exception_handler(TooLarge, _too_large)
     app.add_exception_handler(Exception, _unexpected)
-    app.include_router(routes.page)
+    for router in routes.ROUTERS:
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=routes.STATIC_DIR), name="static")
-    app.include_router(routes.probes)
-    app.include_router(routes.counting)
     return app
 
 

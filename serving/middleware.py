@@ -131,10 +131,14 @@ class ApiKeyGate:
 
 
 class RequestMetrics:
-    """Counts every answered request by route template and status, and times it."""
+    """Counts every answered request by route template and status, and times it.
 
-    def __init__(self, app: ASGIApp, metrics: ServingMetrics) -> None:
-        self.app, self.metrics = app, metrics
+    ``paths`` are the app's route paths: a request refused before routing (an early 413 or 503)
+    is labelled by its own path when it is one of them, else ``unmatched``.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServingMetrics, paths: frozenset[str]) -> None:
+        self.app, self.metrics, self.paths = app, metrics, paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -150,13 +154,10 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            self.metrics.observe(_route_label(scope), status, time.perf_counter() - started)
+            self.metrics.observe(self._label(scope), status, time.perf_counter() - started)
 
-
-def _route_label(scope: Scope) -> str:
-    """The route's path template; a request refused before routing (early 413) by its own path."""
-    route = scope.get("route")
-    if route is not None:
-        return getattr(route, "path", "unmatched")
-    known = {getattr(r, "path", None) for r in scope["app"].routes}
-    return scope["path"] if scope["path"] in known else "unmatched"
+    def _label(self, scope: Scope) -> str:
+        route = scope.get("route")
+        if route is not None:
+            return getattr(route, "path", "unmatched")
+        return scope["path"] if scope["path"] in self.paths else "unmatched"

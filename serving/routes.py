@@ -32,6 +32,7 @@ TRAIN_HINT = (
 page = APIRouter()
 probes = APIRouter()
 counting = APIRouter()
+ROUTERS = (page, probes, counting)
 
 
 class InstanceOut(BaseModel):
@@ -110,12 +111,19 @@ async def prometheus(request: Request) -> Response:
     responses={
         200: {"content": {"image/png": {}}},
         400: {"description": "Not a decodable photo (empty, corrupt, truncated)."},
-        413: {"description": "Over the upload size or megapixel limit (a decompression bomb is refused by its header)."},
+        413: {
+            "description": "Over the upload size or megapixel limit (a decompression bomb is refused by its header)."
+        },
         415: {"description": "Wrong content type."},
         401: {"description": "The server has an API key (BOOKCOUNTER_API_KEY) and the request lacks it."},
-        422: {"description": "A photo too small to count books in (the message says the minimum size), or a bad query parameter."},
-        503: {"description": "Busy (BOOKCOUNTER_MAX_IN_FLIGHT photos in flight; see Retry-After), or no "
-              "champion model loaded yet (the message says how to train one)."},
+        422: {
+            "description": "A photo too small to count books in (the message says the minimum size), "
+            "or a bad query parameter."
+        },
+        503: {
+            "description": "Busy (BOOKCOUNTER_MAX_IN_FLIGHT photos in flight; see Retry-After), or no "
+            "champion model loaded yet (the message says how to train one)."
+        },
     },
     openapi_extra={
         "requestBody": {

@@ -57,7 +57,9 @@ def champion_with_a_decision(tiny_model_dir: Path) -> str:
 
 
 @pytest.mark.labelstudio
-def test_backup_while_running_wipe_restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
+def test_backup_while_running_wipe_restore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
+) -> None:
     state = tmp_path / "var"
     monkeypatch.setenv("BOOKCOUNTER_STATE_DIR", str(state))
     monkeypatch.setenv("BOOKCOUNTER_LS_PORT", str(free_port()))  # a Label Studio of its own, data under state
@@ -154,7 +156,9 @@ def test_restore_elsewhere_points_mlflow_at_the_new_state_dir(
     assert registry.model_dir(retrained.version).is_relative_to(new) and not old.exists()
 
 
-def test_a_damaged_backup_is_refused_before_anything_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_damaged_backup_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("BOOKCOUNTER_STATE_DIR", str(tmp_path / "var"))
     get_settings.cache_clear()
     make_synthetic_store(get_settings().datasets_dir, {"train": 2})

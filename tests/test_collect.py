@@ -54,10 +54,17 @@ def test_human_annotations_become_a_new_version_mask_for_mask(ls_settings: Setti
     polygon_pct = [[62.5, 10.0], [90.0, 12.5], [85.0, 90.0], [65.0, 80.0]]
     polygon = masks.decode(masks.from_polygons([[c for x, y in polygon_pct for c in (x * W / 100, y * H / 100)]], H, W))
     phone_mask = disc(120, 40, 15)
-    polygon_result = {"from_name": "polygon", "to_name": "image", "type": "polygonlabels",
-                      "original_width": W, "original_height": H,
-                      "value": {"points": polygon_pct, "polygonlabels": ["book"], "closed": True}}
-    plain = ls.annotations.create(id=tasks["plain.jpg"].id, result=[brush_result(brush), polygon_result], lead_time=12.5)
+    polygon_result = {
+        "from_name": "polygon",
+        "to_name": "image",
+        "type": "polygonlabels",
+        "original_width": W,
+        "original_height": H,
+        "value": {"points": polygon_pct, "polygonlabels": ["book"], "closed": True},
+    }
+    plain = ls.annotations.create(
+        id=tasks["plain.jpg"].id, result=[brush_result(brush), polygon_result], lead_time=12.5
+    )
     ls.annotations.create(
         id=tasks["phone.jpg"].id,
         result=[brush_result(phone_mask), brush_result(np.zeros((H, W), bool))],  # + an empty mask
@@ -100,7 +107,10 @@ def test_prelabel_recall_and_precision_are_recorded_per_version(ls_settings: Set
         save_photo(shelf_photo(W, H, seed=50 + i), ls_settings.inbox_dir / f"q{i}.jpg", quality=95)
     prelabel(ls_settings, masker=Masker(None, BoxesFromLayout()))
     ls = client(ls_settings)
-    tasks = {t["data"]["file_name"]: t for t in (x.dict() for x in ls.tasks.list(project=ensure_project(ls_settings), fields="all"))}
+    tasks = {
+        t["data"]["file_name"]: t
+        for t in (x.dict() for x in ls.tasks.list(project=ensure_project(ls_settings), fields="all"))
+    }
     shown = {name: t["predictions"][0]["result"] for name, t in tasks.items()}
     n = {name: len(r) for name, r in shown.items()}
     assert min(n.values()) >= 2
@@ -115,6 +125,13 @@ def test_prelabel_recall_and_precision_are_recorded_per_version(ls_settings: Set
     per = {name: q["per_task"][str(t["id"])] for name, t in tasks.items()}
     assert (per["q0.jpg"]["recall"], per["q0.jpg"]["precision"]) == (1.0, 1.0)
     assert per["q1.jpg"]["recall"] == 1.0 and per["q1.jpg"]["precision"] == (n["q1.jpg"] - 1) / n["q1.jpg"] < 1
-    assert per["q2.jpg"]["recall"] == (n["q2.jpg"] - 1) / n["q2.jpg"] and per["q2.jpg"]["precision"] == per["q2.jpg"]["recall"]
-    assert (q["photos"], q["matched"], q["prelabel_masks"]) == (3, n["q0.jpg"] + n["q1.jpg"] - 1 + n["q2.jpg"] - 1, sum(n.values()))
+    assert (
+        per["q2.jpg"]["recall"] == (n["q2.jpg"] - 1) / n["q2.jpg"]
+        and per["q2.jpg"]["precision"] == per["q2.jpg"]["recall"]
+    )
+    assert (q["photos"], q["matched"], q["prelabel_masks"]) == (
+        3,
+        n["q0.jpg"] + n["q1.jpg"] - 1 + n["q2.jpg"] - 1,
+        sum(n.values()),
+    )
     assert q["recall"] == q["matched"] / (n["q0.jpg"] + n["q1.jpg"] - 1 + n["q2.jpg"]) and q["precision"] < 1

@@ -56,7 +56,9 @@ def test_counts_are_task_data_the_tab_lists_gaps_largest_first_and_annotations_s
     predicted = {}
     for name, t in tasks.items():  # the champion's count, set at import
         (pred,) = t["predictions"]
-        assert t["data"]["predicted_count"] == len(pred["result"]) >= 2 and t["data"]["predicted_count_model"] == "layout"
+        assert (
+            t["data"]["predicted_count"] == len(pred["result"]) >= 2 and t["data"]["predicted_count_model"] == "layout"
+        )
         predicted[name] = t["data"]["predicted_count"]
     gaps = {"s0.jpg": 10, "s1.jpg": 9, "s2.jpg": -2, "s3.jpg": 1, "s4.jpg": 0}  # 10 after 9 only as numbers
     for name, gap in gaps.items():
@@ -76,7 +78,9 @@ def test_counts_are_task_data_the_tab_lists_gaps_largest_first_and_annotations_s
     (view,) = review_views(ls_settings, project)
     assert {k: view.data[k] for k in review_tab_data()} == review_tab_data()
     assert view.data["columnsDisplayType"]["tasks:data.count_gap"] == "Number"
-    listed = [t.data["file_name"] for t in ls.tasks.list(project=project, view=view.id, fields="task_only", resolve_uri=False)]
+    listed = [
+        t.data["file_name"] for t in ls.tasks.list(project=project, view=view.id, fields="task_only", resolve_uri=False)
+    ]
     assert listed == ["s0.jpg", "s1.jpg", "s2.jpg"]  # |gap| >= 2, largest first; a string sort puts 9 first
 
     # a new champion: every task is counted again by it, the gaps follow, annotations stay

@@ -27,7 +27,9 @@ def _jpeg(w: int = 96, h: int = 72, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def _write_coco(folder: Path, images: list[tuple[str, bytes]], annotations: list[dict], name: str = "data.json") -> Path:
+def _write_coco(
+    folder: Path, images: list[tuple[str, bytes]], annotations: list[dict], name: str = "data.json"
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for i, (fname, data) in enumerate(images, start=1):
@@ -35,7 +37,9 @@ def _write_coco(folder: Path, images: list[tuple[str, bytes]], annotations: list
         w, h = Image.open(io.BytesIO(data)).size
         entries.append({"id": i, "file_name": fname, "width": w, "height": h})
     path = folder / name
-    path.write_text(json.dumps({"images": entries, "annotations": annotations, "categories": [{"id": 1, "name": "book"}]}))
+    path.write_text(
+        json.dumps({"images": entries, "annotations": annotations, "categories": [{"id": 1, "name": "book"}]})
+    )
     return path
 
 
@@ -192,7 +196,10 @@ def test_bad_image_files_fail_cleanly(tmp_path: Path, case: str) -> None:
 BAD_JSON = {
     "unknown category": (lambda c: c["annotations"][0].update(category_id=7), "unknown category id 7"),
     "duplicate image id": (lambda c: c["images"].append(dict(c["images"][0])), "duplicate image id 1"),
-    "duplicate annotation id": (lambda c: c["annotations"].append(dict(c["annotations"][0])), "duplicate annotation id 1"),
+    "duplicate annotation id": (
+        lambda c: c["annotations"].append(dict(c["annotations"][0])),
+        "duplicate annotation id 1",
+    ),
     "not coco": (lambda c: c.pop("annotations"), "not a COCO instances file"),
     "unknown image": (lambda c: c["annotations"][0].update(image_id=99), "unknown image id 99"),
 }

@@ -76,7 +76,9 @@ def test_collect_flow_makes_one_version_per_change(ls_settings: Settings) -> Non
     q = DatasetStore.from_settings(ls_settings).get("v0001").manifest()["report"]["prelabel_quality"]
     assert q["photos"] == 2 and q["human_masks"] == 2
     with get_client(sync_client=True) as prefect:
-        (artifact,) = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["prelabel-quality"])), limit=1)
+        (artifact,) = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["prelabel-quality"])), limit=1
+        )
     assert "dataset v0001" in artifact.data and f"{q['matched']} of {q['human_masks']}" in artifact.data
 
 
@@ -144,7 +146,9 @@ def test_a_prefect_retrain_and_bookcounter_train_build_the_same_config(
     monkeypatch.setattr(trainer.train, "train_and_save", capture)
     with pytest.raises(_Captured) as flow:
         retrain_flow(dataset="v0001", max_minutes=max_minutes)
-    args = ["train", "--dataset", "v0001", "--init", "champion", "--no-register"] + (["--max-minutes", str(max_minutes)] if max_minutes else [])
+    args = ["train", "--dataset", "v0001", "--init", "champion", "--no-register"] + (
+        ["--max-minutes", str(max_minutes)] if max_minutes else []
+    )
     cli = CliRunner().invoke(app, args)
     assert isinstance(cli.exception, _Captured), cli.output
     flow_cfg, cli_cfg = flow.value.args[0], cli.exception.args[0]

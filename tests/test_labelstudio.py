@@ -26,9 +26,16 @@ def test_server_runs_and_status_is_seen_from_another_process(labelstudio: Settin
     assert (labelstudio.run_dir / "labelstudio.pid").read_text().strip() == str(st.pid)
     # a second start is a no-op on the same process
     assert start_server(labelstudio).pid == st.pid
-    env = {**os.environ, "BOOKCOUNTER_STATE_DIR": str(labelstudio.state_dir), "BOOKCOUNTER_LS_PORT": str(labelstudio.ls_port)}
+    env = {
+        **os.environ,
+        "BOOKCOUNTER_STATE_DIR": str(labelstudio.state_dir),
+        "BOOKCOUNTER_LS_PORT": str(labelstudio.ls_port),
+    }
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "bookcounter"), "labelstudio", "status"], env=env, capture_output=True, text=True
+        [str(Path(sys.executable).parent / "bookcounter"), "labelstudio", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr
     assert f"pid {st.pid}" in out.stdout
@@ -45,7 +52,9 @@ def test_project_is_created_once_with_the_mask_config(ls_settings: Settings) -> 
     pid = ensure_project(ls_settings)
     assert ensure_project(ls_settings) == pid
     ls = client(ls_settings)
-    same_title = [p for p in ls.projects.list(title=ls_settings.ls_project_title) if p.title == ls_settings.ls_project_title]
+    same_title = [
+        p for p in ls.projects.list(title=ls_settings.ls_project_title) if p.title == ls_settings.ls_project_title
+    ]
     assert len(same_title) == 1
     config = ls.projects.get(id=pid).label_config
     assert '<BrushLabels name="mask" toName="image">' in config and "<PolygonLabels" in config
@@ -83,5 +92,7 @@ def test_cli_collect_with_nothing_new_and_prelabel_without_inbox(ls_settings: Se
     exe = str(Path(sys.executable).parent / "bookcounter")
     out = subprocess.run([exe, "collect"], env=env, capture_output=True, text=True)
     assert out.returncode == 0 and "no new dataset version" in out.stdout, out.stderr
-    out = subprocess.run([exe, "prelabel", "--inbox", str(ls_settings.state_dir / "missing")], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [exe, "prelabel", "--inbox", str(ls_settings.state_dir / "missing")], env=env, capture_output=True, text=True
+    )
     assert out.returncode == 1 and out.stderr.startswith("error: inbox") and "Traceback" not in out.stderr

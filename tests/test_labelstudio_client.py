@@ -28,7 +28,9 @@ def test_a_dead_server_costs_the_sdk_retries_once_then_one_line(
     tmp_path: Path, waits: list[float], request_kind: str
 ) -> None:
     dead = Settings(state_dir=tmp_path / "var", ls_port=free_port())  # nobody listens there
-    with pytest.raises(LabelStudioUnavailable, match="is not reachable .*ConnectError after 5 retries over 31 s.*labelstudio start"):
+    with pytest.raises(
+        LabelStudioUnavailable, match="is not reachable .*ConnectError after 5 retries over 31 s.*labelstudio start"
+    ):
         if request_kind == "sdk method":
             ensure_project(dead)
         else:

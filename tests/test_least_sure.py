@@ -31,7 +31,9 @@ def test_tab_exists_once_and_lists_unannotated_tasks_least_sure_first(ls_setting
     ids = {}
     for name, score in (("sure", 0.9), ("unsure", 0.2), ("middle", 0.5)):
         data = {"image": f"/data/upload/{name}.png", "sha256": name * 4, "file_name": f"{name}.png"}
-        ids[name] = create_task(ls_settings, pid, data, [{"model_version": "maskrcnn-v7", "score": score, "result": []}])
+        ids[name] = create_task(
+            ls_settings, pid, data, [{"model_version": "maskrcnn-v7", "score": score, "result": []}]
+        )
     set_model_version(ls_settings, pid, "maskrcnn-v7")
     ls = client(ls_settings)
     listed = [t.id for t in ls.tasks.list(project=pid, view=tab.id, fields="task_only")]

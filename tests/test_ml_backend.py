@@ -118,7 +118,10 @@ def test_the_annotator_imports_nothing_from_the_trainer() -> None:
         "import sys, annotator.cli, annotator.prelabel, annotator.training_trigger, serving.ml_backend.server; "
         "print('trainer' in sys.modules)"
     )
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+        == "False"
+    )
 
 
 def test_a_click_off_every_detection_gets_the_mask_head_on_a_book_sized_box(tiny_model_dir) -> None:

@@ -72,7 +72,9 @@ def test_predict_points_returns_the_best_mask_by_predicted_iou(embedded):
     mask, score = seg.predict_points(emb, np.array([[19, 100]]), np.array([1]))
     assert mask.shape == (240, 320) and mask.dtype == bool
     assert score == pytest.approx(float(iou[0, 1:].max()), abs=1e-5)  # one click: best of the 3 multimask outputs
-    mask2, score2 = seg.predict_points(emb, np.array([[19, 100], [44, 100]]), np.array([1, 0]), box=np.array([5, 20, 40, 220]))
+    mask2, score2 = seg.predict_points(
+        emb, np.array([[19, 100], [44, 100]]), np.array([1, 0]), box=np.array([5, 20, 40, 220])
+    )
     assert mask2.shape == (240, 320) and np.isfinite(score2)
 
 

@@ -71,8 +71,13 @@ def test_promotion_rules_and_history(
     assert registry.champion().version == good.version
 
     tie = promote(registry.register(tiny_model_dir).version, progress=False)
-    assert tie["decision"] == "rejected" and tie["candidate_metrics"]["count_mae"] == tie["champion_metrics"]["count_mae"]
-    worse = promote(registry.register(_variant(tiny_model_dir, tmp_path / "worse" / "model", threshold=1.01)).version, progress=False)
+    assert (
+        tie["decision"] == "rejected" and tie["candidate_metrics"]["count_mae"] == tie["champion_metrics"]["count_mae"]
+    )
+    worse = promote(
+        registry.register(_variant(tiny_model_dir, tmp_path / "worse" / "model", threshold=1.01)).version,
+        progress=False,
+    )
     assert worse["decision"] == "rejected"
     corrupt = registry.register(_variant(tiny_model_dir, tmp_path / "corrupt" / "model", corrupt=True))
     broken = promote(corrupt.version, progress=False)

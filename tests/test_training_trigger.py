@@ -116,7 +116,12 @@ def caused_runs(settings: Settings, event_id: uuid.UUID) -> list[str]:
     while True:
         with prefect(settings) as c:
             done = c.read_events(flt, limit=50).events
-        runs = [r.id.removeprefix("prefect.flow-run.") for e in done for r in e.related if r.id.startswith("prefect.flow-run.")]
+        runs = [
+            r.id.removeprefix("prefect.flow-run.")
+            for e in done
+            for r in e.related
+            if r.id.startswith("prefect.flow-run.")
+        ]
         if runs or time.monotonic() > deadline:
             return runs
         time.sleep(0.2)
@@ -185,7 +190,9 @@ def test_start_training_in_label_studio_starts_a_loop_run(
         # Label Studio's job protocol: the job is the event, its status the state of the run it caused
         job = httpx.post(f"{url}/job_status", json={"job": str(event.id)}, timeout=30).json()
         assert job == {"job_status": "queued"}  # scheduled: no worker serves the deployment here
-        assert httpx.post(f"{url}/job_status", json={"job": str(uuid.uuid4())}, timeout=30).json() == {"job_status": "unknown"}
+        assert httpx.post(f"{url}/job_status", json={"job": str(uuid.uuid4())}, timeout=30).json() == {
+            "job_status": "unknown"
+        }
 
 
 def test_start_training_without_a_prefect_server_says_so(ls_settings: Settings, monkeypatch: pytest.MonkeyPatch):

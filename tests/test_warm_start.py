@@ -13,7 +13,9 @@ def test_warm_start_begins_below_a_cold_start(tiny_champion, tiny_dataset, tmp_p
     from trainer.train import train
 
     name = tiny_dataset.version.name
-    cold = train(tiny_train_config(name, epochs=1), tiny_dataset.store, tmp_path / "cold", progress=False, log=lambda _: None)
+    cold = train(
+        tiny_train_config(name, epochs=1), tiny_dataset.store, tmp_path / "cold", progress=False, log=lambda _: None
+    )
     warm_cfg = dataclasses.replace(tiny_train_config(name, epochs=1), init="champion")
     warm = train(warm_cfg, tiny_dataset.store, tmp_path / "warm", progress=False, log=lambda _: None)
     assert cold.init_loaded == {"init": "none"}

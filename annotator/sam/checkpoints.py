@@ -83,7 +83,9 @@ def read_state_dict(path: Path) -> dict:
 
     official = {c.filename: c for c in OFFICIAL.values()}.get(path.name)
     if official is not None and sha256_file(path) != official.sha256:
-        raise CheckpointError(f"{path}: sha256 differs from the official {path.name}; delete it and run `bookcounter setup-models`")
+        raise CheckpointError(
+            f"{path}: sha256 differs from the official {path.name}; delete it and run `bookcounter setup-models`"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors all mean "not a usable checkpoint"

@@ -142,5 +142,10 @@ def load_onnx_decoder(sam: Sam, models_dir: Path, namespace: str, threads: int =
         log.warning("SAM prompt path stays on PyTorch: ONNX %s failed%s: %s: %s",
                     stage, where, type(e).__name__, str(e)[:200])
         return None
-    log.info("SAM prompt path on ONNX Runtime (%d intra-op threads): %s%s", threads, path.name, "" if exported else " (cached)")
+    log.info(
+        "SAM prompt path on ONNX Runtime (%d intra-op threads): %s%s",
+        threads,
+        path.name,
+        "" if exported else " (cached)",
+    )
     return decoder

@@ -222,7 +222,9 @@ class Backend:
             if key in self._detections:
                 self._detections.move_to_end(key)
                 return self._detections[key]
-        found = [Detection(i.score, tuple(i.box), masks.encode(np.asarray(i.mask))) for i in detector.predict(photo.image)]
+        found = [
+            Detection(i.score, tuple(i.box), masks.encode(np.asarray(i.mask))) for i in detector.predict(photo.image)
+        ]
         with self._lock:
             self.detector_calls += 1
             self._detections[key] = found

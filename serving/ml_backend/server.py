@@ -97,7 +97,9 @@ def start_backend(settings: Settings, timeout: float = START_TIMEOUT_S) -> bool:
     # torch's OpenMP threads sleep instead of spinning between ops: clicks come one at a time,
     # and on a shared CPU spinning threads starve Label Studio and training (and themselves)
     env.setdefault("OMP_WAIT_POLICY", os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
-    return backend_process(settings).start(cmd, f"{settings.ml_backend_url}/health", env=env, timeout=timeout, cwd=REPO_ROOT)
+    return backend_process(settings).start(
+        cmd, f"{settings.ml_backend_url}/health", env=env, timeout=timeout, cwd=REPO_ROOT
+    )
 
 
 def stop_backend(settings: Settings) -> bool:
@@ -156,7 +158,9 @@ def status() -> None:
         typer.echo(f"ML backend (pid {pid}) is starting or stuck; log {backend_process(settings).log_file}")
     else:
         sam = f"SAM {health['sam']}" if health.get("sam") else "no SAM (boxes via the champion Mask R-CNN)"
-        typer.echo(f"ML backend at {settings.ml_backend_url} (pid {pid}): {sam}, {health['encoder_calls']} embeddings computed")
+        typer.echo(
+            f"ML backend at {settings.ml_backend_url} (pid {pid}): {sam}, {health['encoder_calls']} embeddings computed"
+        )
 
 
 @ml_backend_cli.command("connect")
