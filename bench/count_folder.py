@@ -8,7 +8,7 @@ model loading is not timed. Also runs ``bench.serving_load``'s load (2 clients p
 photo) on the same server, for the target ratios: the CLI >= 0.9x serving_load's photos/s, and
 2 workers >= 1.7x one worker. Peak RSS is VmHWM / ru_maxrss of each process.
 
-    .venv/bin/python -m bench.count_folder --model-dir /work/bench-state/runs/RUN/model
+    .venv/bin/python -m bench.count_folder --model-dir MODEL_DIR
 """
 
 from __future__ import annotations

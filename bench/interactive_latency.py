@@ -26,7 +26,7 @@ box (a click off every detection; told apart by the answer's score, 0 there).
     .venv/bin/python -m bench.interactive_latency --photos 6 --clicks 20 --with-stack
     .venv/bin/python -m bench.interactive_latency --photos 6 --clicks 20 --with-stack --prompt-runtime torch
     .venv/bin/python -m bench.interactive_latency --photos 6 --clicks 20 \
-        --champion /work/bench-state/runs/bench-v0001-efficientnet_lite0_fpn-512px-60min-t1/model
+        --champion MODEL_DIR
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ detections within 0.15 of the threshold; their sum; each per detected book) and 
 prints Spearman's rho of each score against the error, plus the error of the least-sure
 quarter vs the rest:
 
-    .venv/bin/python -m bench.least_sure_score --model /work/bench-state/runs/RUN/model --state-dir /work/bench-state
+    .venv/bin/python -m bench.least_sure_score --model MODEL_DIR --state-dir STATE_DIR
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ test picks nothing). Each round's champion is evaluated on it (count MAE, mask A
 per order and redraws ``learning_curve.png`` (MAE vs photos annotated, one line per order)
 after every round, so two runs (one per order) sharing ``--out`` end in one PNG:
 
-    .venv/bin/python -m bench.loop_replay --order random --out /tmp/curves --ls-port 8189
-    .venv/bin/python -m bench.loop_replay --order least-sure --out /tmp/curves --ls-port 8190
+    .venv/bin/python -m bench.loop_replay --order random --out var/curves --ls-port 8189
+    .venv/bin/python -m bench.loop_replay --order least-sure --out var/curves --ls-port 8190
 """
 
 from __future__ import annotations

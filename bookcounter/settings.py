@@ -73,8 +73,20 @@ class Settings(BaseSettings):
     # --- training / registry -------------------------------------------------------------
     mlflow_experiment: str = "bookcounter"
     registered_model_name: str = "bookcounter-maskrcnn"
+    retrain_budget_images: int = Field(
+        3000,
+        ge=1,
+        description="Work a retrain may do, in images seen: what the nightly job affords "
+        "(trainer.train.retrain_policy).",
+    )
+    promote_confidence: float = Field(
+        0.9,
+        gt=0,
+        lt=1,
+        description="Level of the paired bootstrap interval the promotion gate judges by (trainer/promote.py).",
+    )
     promote_mae_margin: float = Field(
-        0.0, ge=0, description="Candidate count MAE must beat the champion's by more than this."
+        0.0, ge=0, description="The whole interval must say the candidate counts better by more than this."
     )
     promote_ap_tolerance: float = Field(0.02, ge=0, description="Candidate mask AP may fall by at most this much.")
 

@@ -1,6 +1,6 @@
 """How unsure the champion is of a photo's count: what ``least-sure`` annotation order ranks by.
 
-Candidates, measured (``bench/least_sure_score.py``; README "Least sure first and the learning curve"):
+Candidates, measured (``bench/least_sure_score.py``; results in bench/README.md):
 - ``flip``: the counts of the photo and of its mirror image differ by this many books. A
   model that is sure of each book finds it in both;
 - ``near``: the detections whose score lies within :data:`NEAR` of the counting threshold

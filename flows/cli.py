@@ -9,6 +9,10 @@ import typer
 
 from bookcounter.settings import REPO_ROOT, get_settings
 
+# The work each of the demo's trainings may do, in images seen: smaller than the nightly budget
+# (settings.retrain_budget_images) so that the demo ends in about half an hour on 2 cores.
+DEMO_BUDGET_IMAGES = 1000
+
 flows_app = typer.Typer(
     help="The loop as Prefect flows: run one now, or serve them all with their schedules and triggers.",
     no_args_is_help=True,
@@ -28,7 +32,10 @@ class FlowName(StrEnum):
 @flows_app.command("run")
 def run_flow(
     name: FlowName = typer.Argument(..., help="Which flow to run."),
-    max_minutes: float | None = typer.Option(None, help="retrain/loop: training time budget in minutes."),
+    budget_images: int | None = typer.Option(
+        None,
+        help="retrain/loop: the work a training may do, in images seen (default BOOKCOUNTER_RETRAIN_BUDGET_IMAGES).",
+    ),
     inbox: str | None = typer.Option(None, help="prelabel: the inbox folder (default var/inbox)."),
     run_name: str | None = typer.Option(None, help="Name of the flow run shown in the Prefect UI."),
     photos: list[str] | None = typer.Option(
@@ -48,8 +55,8 @@ def run_flow(
     chosen = {
         FlowName.prelabel: (prelabel_flow, {"inbox": inbox}),
         FlowName.collect: (collect_flow, {}),
-        FlowName.retrain: (retrain_flow, {"max_minutes": max_minutes}),
-        FlowName.loop: (loop_flow, {"max_minutes": max_minutes}),
+        FlowName.retrain: (retrain_flow, {"budget_images": budget_images}),
+        FlowName.loop: (loop_flow, {"budget_images": budget_images}),
         FlowName.watch_annotations: (watch_annotations_flow, {}),
         FlowName.backup: (backup_flow, {}),
         FlowName.count_folder: (count_folder_flow, {"paths": photos or [], "out": out}),
@@ -143,10 +150,9 @@ def demo(
     first_train_photos: int = typer.Option(
         40, help="Train photos in the first dataset version; the rest go through the inbox."
     ),
-    budget_minutes: float = typer.Option(
-        15.0,
-        help="Training time budget of the first training (and of the second when the first was rejected), "
-        "in minutes; the second fine-tunes a champion for the trainer's warm-start budget (3 min).",
+    budget_images: int = typer.Option(
+        DEMO_BUDGET_IMAGES,
+        help="The work each of the demo's two trainings may do, in images seen (the nightly default is larger).",
     ),
 ) -> None:
     """Run the whole loop for real on the sample photos (open-shelves, BOOKCOUNTER_SAMPLE_DIR):
@@ -157,4 +163,4 @@ def demo(
     configure_prefect(get_settings())
     from flows.demo import run_demo
 
-    run_demo(get_settings(), first_train_photos, budget_minutes)
+    run_demo(get_settings(), first_train_photos, budget_images)

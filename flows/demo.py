@@ -2,11 +2,12 @@
 
 1. start Label Studio and the ML backend; import the sample as the first dataset version with
    only part of its train photos, as if annotated before;
-2. train the first model (a CPU budget) and run the promotion rule on it;
+2. train the first model (a budget in images seen) and run the promotion rule on it;
 3. drop the other train photos into the inbox; ``prelabel`` imports them into Label Studio;
 4. a replay annotator submits their reference masks through Label Studio's API;
-5. ``loop``: collect -> new version -> retrain (fine-tuning the champion, if any) -> evaluate
-   against the champion -> decision;
+5. ``loop``: collect -> new version -> retrain (the retrain policy within the same budget: a
+   cold start, or a fine-tune of the champion when a cold start costs more) -> evaluate against
+   the champion on the same photos -> decision, with its interval;
 6. start the UIs and the counting server, turn the ML backend's retraining trigger back on;
    print a summary.
 
@@ -42,7 +43,7 @@ SOURCE = {
 }
 
 
-def run_demo(settings: Settings, first_train_photos: int = 40, budget_minutes: float = 15.0) -> None:
+def run_demo(settings: Settings, first_train_photos: int, budget_images: int) -> None:
     from trainer import registry
 
     started = time.monotonic()
@@ -73,9 +74,9 @@ def run_demo(settings: Settings, first_train_photos: int = 40, budget_minutes: f
     console.print(f"{'created' if result.created else 'already there:'} {first_version} "
                   f"({len(first)} of {len(train_items)} train photos, all val and test)")
 
-    _step(2, f"train the first model (budget {budget_minutes:g} min) and run the promotion rule")
+    _step(2, f"train the first model (budget {budget_images} images seen) and run the promotion rule")
     champion_before = registry.champion()
-    retrain_flow(dataset=first_version, max_minutes=budget_minutes)
+    retrain_flow(dataset=first_version, budget_images=budget_images)
     champion_first = registry.champion()
 
     _step(3, f"drop the other {len(rest)} train photos into the inbox; prelabel")
@@ -91,9 +92,7 @@ def run_demo(settings: Settings, first_train_photos: int = 40, budget_minutes: f
     console.print(f"{len(annotated)} task(s) annotated")
 
     _step(5, "loop: collect -> new version -> retrain -> promote or reject")
-    # With a champion the retrain fine-tunes it for the trainer's measured warm-start budget;
-    # without one it starts cold, with the demo's budget.
-    loop_flow(max_minutes=None if champion_first else budget_minutes)
+    loop_flow(budget_images=budget_images)
 
     _step(6, "start the counting server and the UIs")
     urls = _start_services(settings)

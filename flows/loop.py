@@ -71,23 +71,22 @@ def collect_flow() -> str | None:
     return made["version"]
 
 
-def train_config(dataset: str, max_minutes: float | None, recipe: dict[str, Any] | None):
-    """The trainer's default recipe for this device, fine-tuning the champion (the trainer's
-    warm-start budget unless ``max_minutes`` is given), with ``recipe`` overrides."""
+def train_config(dataset: str, budget_images: int | None, recipe: dict[str, Any] | None):
+    """The trainer's default recipe for this device under its retrain policy (a cold start, or
+    a fine-tune of the champion, within ``budget_images``; default: the nightly budget
+    ``settings.retrain_budget_images``), with ``recipe`` overrides."""
     from trainer.train import CHAMPION_INIT, default_train_config
 
-    overrides = {"init": CHAMPION_INIT, **(recipe or {})}
-    if max_minutes is not None:
-        overrides["max_minutes"] = max_minutes
-    return default_train_config(dataset, overrides=overrides)
+    budget = budget_images or get_settings().retrain_budget_images
+    return default_train_config(dataset, overrides={"init": CHAMPION_INIT, **(recipe or {})}, budget_images=budget)
 
 
 @task(timeout_seconds=4 * 3600)
-def train_task(dataset: str, max_minutes: float | None, recipe: dict[str, Any] | None) -> str:
+def train_task(dataset: str, budget_images: int | None, recipe: dict[str, Any] | None) -> str:
     from trainer.train import train_and_save
 
     settings = get_settings()
-    cfg = train_config(dataset, max_minutes, recipe)
+    cfg = train_config(dataset, budget_images, recipe)
     run_dir = settings.runs_dir / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
     return str(train_and_save(cfg, DatasetStore.from_settings(settings), run_dir, log=get_run_logger().info))
 
@@ -110,15 +109,15 @@ def promote_task(candidate: str) -> dict[str, Any]:
 
 @flow(name="retrain", log_prints=True)
 def retrain_flow(
-    dataset: str | None = None, max_minutes: float | None = None, recipe: dict[str, Any] | None = None
+    dataset: str | None = None, budget_images: int | None = None, recipe: dict[str, Any] | None = None
 ) -> dict[str, Any] | None:
     """Train a candidate on ``dataset`` (default: the newest version), then promote or reject it.
 
-    The candidate fine-tunes the champion when there is one with the same network (else it
-    starts from the pretrained default; model.json's ``init_loaded`` says which).
-    ``max_minutes`` is a training time budget (default: the trainer's ``WARM_START`` or
-    ``COLD_START`` budget); ``recipe`` overrides fields of the trainer's default config, e.g.
-    ``{"epochs": 20, "model": {"image_size": 384}}``.
+    ``budget_images`` is the work the training may do, in images seen (default: the nightly
+    ``settings.retrain_budget_images``); the trainer's retrain policy spends it on a cold start
+    or a fine-tune of the champion (``trainer.train.retrain_policy``; model.json's
+    ``init_loaded`` says which). ``recipe`` overrides fields of the trainer's default config,
+    e.g. ``{"epochs": 20, "max_minutes": 90, "model": {"image_size": 384}}``.
     """
     from trainer import promote, registry
 
@@ -144,7 +143,7 @@ def retrain_flow(
             candidate = existing[-1].version
             print(f"retrain: {version} has candidate model version {candidate} without a decision; judging it")
         else:
-            candidate = register_task(train_task(version, max_minutes, recipe))
+            candidate = register_task(train_task(version, budget_images, recipe))
         decision = promote_task(candidate)
     create_markdown_artifact(_decision_markdown(decision), key="promotion-decision")
     print(f"retrain: model version {candidate}: {decision['decision']} ({decision['reason']})")
@@ -152,10 +151,10 @@ def retrain_flow(
 
 
 @flow(name="loop", log_prints=True)
-def loop_flow(max_minutes: float | None = None, recipe: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def loop_flow(budget_images: int | None = None, recipe: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Collect then retrain; the retrain is skipped when the dataset already has a candidate."""
     collect_flow()
-    return retrain_flow(max_minutes=max_minutes, recipe=recipe)
+    return retrain_flow(budget_images=budget_images, recipe=recipe)
 
 
 @flow(name="watch-annotations", log_prints=True)
@@ -174,6 +173,7 @@ def watch_annotations_flow() -> dict[str, Any]:
 
 
 def _decision_markdown(d: dict[str, Any]) -> str:
+    """The decision as a Prefect artifact: the verdict in words (with the interval), then the metrics."""
     candidate, champion = d.get("candidate_metrics") or {}, d.get("champion_metrics") or {}
     rows = "\n".join(
         f"| {k} | {_fmt(candidate.get(k))} | {_fmt(champion.get(k))} |"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import statistics
 import subprocess
@@ -11,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fixtures_labelstudio import BoxesFromLayout, save_photo, shelf_photo
-from fixtures_trainer import make_synthetic_store, tiny_train_config
+from fixtures_trainer import make_synthetic_store, synthetic_photo, tiny_train_config
 
 from annotator.labelstudio.client import client
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.project import ensure_project, task_shas
 from annotator.prelabel import Masker, prelabel
-from bookcounter.dataset_store import DatasetStore
+from bookcounter import masks as rle
+from bookcounter.dataset_store import DatasetStore, NewImage
 from bookcounter.locks import file_lock
 from bookcounter.settings import Settings
 from flows.loop import collect_flow, retrain_flow
@@ -82,31 +84,43 @@ def test_collect_flow_makes_one_version_per_change(ls_settings: Settings) -> Non
     assert "dataset v0001" in artifact.data and f"{q['matched']} of {q['human_masks']}" in artifact.data
 
 
-def test_retrain_flow_records_one_decision_and_skips_a_trained_version(settings: Settings) -> None:
+def test_retrain_flow_promotes_a_good_model_rejects_a_bad_one_and_skips_a_trained_version(settings: Settings) -> None:
     from trainer import registry
     from trainer.evaluate import evaluate_model
 
-    version = make_synthetic_store(settings.datasets_dir, {"train": 6, "val": 2, "test": 2}).version
-    decision = retrain_flow(recipe=_recipe())
-    assert decision is not None
-    assert promote.history() == [decision]  # recorded once, as returned
-    assert (decision["dataset_version"], decision["split"], decision["champion"]) == ("v0001", "test", None)
-    assert registry.get(decision["candidate"]).dataset_version == "v0001"
+    # the tiny model's photos and recipe: a model known to count well (test MAE 0.42 vs 1.17)
+    store = make_synthetic_store(settings.datasets_dir, {"train": 10, "val": 6, "test": 12})
+    version = store.version
+    good = retrain_flow(recipe=_recipe(epochs=16))
+    assert good is not None and good["decision"] == "promoted", good["reason"]
+    assert good["verdict"] == "better" and good["comparison"]["against"] == "baseline" and good["comparison"]["hi"] < 0
+    assert promote.history() == [good]  # recorded once, as returned
+    assert (good["dataset_version"], good["split"], good["champion"]) == ("v0001", "test", None)
+    assert registry.champion().version == good["candidate"]
     # the numbers on record are measured: the baseline from the photos' book counts, the
     # candidate's count MAE again when it is evaluated once more on the same split
     books = {split: _books_per_photo(version.coco(split)) for split in ("train", "test")}
     median = statistics.median(books["train"])
-    assert decision["baseline_count_mae"] == pytest.approx(statistics.mean(abs(n - median) for n in books["test"]))
-    again = evaluate_model(registry.model_dir(decision["candidate"]), version, "test", progress=False)["metrics"]
-    assert again["count_mae"] == pytest.approx(decision["candidate_metrics"]["count_mae"])
-    # with no champion the rule is "beat the baseline": the decision and the alias follow from the numbers
-    won = decision["candidate_metrics"]["count_mae"] < decision["baseline_count_mae"] - decision["rule"]["mae_margin"]
-    assert decision["decision"] == ("promoted" if won else "rejected")
-    champion = registry.champion()
-    assert (champion.version if champion else None) == (decision["candidate"] if won else None)
-
+    assert good["baseline_count_mae"] == pytest.approx(statistics.mean(abs(n - median) for n in books["test"]))
+    again = evaluate_model(registry.model_dir(good["candidate"]), version, "test", progress=False)["metrics"]
+    assert again["count_mae"] == pytest.approx(good["candidate_metrics"]["count_mae"])
     assert retrain_flow(recipe=_recipe()) is None  # v0001 already has a candidate
-    assert promote.history() == [decision]
+    assert promote.history() == [good]
+
+    # a new version, and a model known to count badly (one epoch from scratch): rejected
+    photo, masks = synthetic_photo(seed=7, n_books=3)
+    added = store.store.commit(
+        [NewImage(_png(photo), "extra.png", [rle.encode(m) for m in masks], split="train")], {"name": "test"}
+    )
+    bad = retrain_flow(dataset=added.version.name, recipe=_recipe(epochs=1))
+    assert bad["decision"] == "rejected" and bad["verdict"] in ("worse", "undecided"), bad["reason"]
+    assert bad["champion"] == good["candidate"] and registry.champion().version == good["candidate"]
+
+
+def _png(photo) -> bytes:
+    buf = io.BytesIO()
+    photo.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _books_per_photo(coco: dict) -> list[int]:
@@ -125,9 +139,9 @@ class _Captured(Exception):
     """Raised by the stand-in for the training itself: carries the config it was given."""
 
 
-@pytest.mark.parametrize(("cuda", "max_minutes"), [(False, None), (True, None), (True, 5.0)])
+@pytest.mark.parametrize(("cuda", "budget_images"), [(False, None), (True, None), (True, 3)])
 def test_a_prefect_retrain_and_bookcounter_train_build_the_same_config(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, cuda: bool, max_minutes: float | None
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, cuda: bool, budget_images: int | None
 ) -> None:
     """Both paths up to the training call, as they run: only the training itself is replaced
     (and, for the CUDA case, torch's answer to "is there a GPU?")."""
@@ -145,15 +159,17 @@ def test_a_prefect_retrain_and_bookcounter_train_build_the_same_config(
 
     monkeypatch.setattr(trainer.train, "train_and_save", capture)
     with pytest.raises(_Captured) as flow:
-        retrain_flow(dataset="v0001", max_minutes=max_minutes)
-    args = ["train", "--dataset", "v0001", "--init", "champion", "--no-register"] + (
-        ["--max-minutes", str(max_minutes)] if max_minutes else []
-    )
-    cli = CliRunner().invoke(app, args)
+        retrain_flow(dataset="v0001", budget_images=budget_images)
+    args = ["train", "--dataset", "v0001", "--init", "champion", "--no-register"]
+    cli = CliRunner().invoke(app, args + (["--budget-images", str(budget_images)] if budget_images else []))
     assert isinstance(cli.exception, _Captured), cli.output
     flow_cfg, cli_cfg = flow.value.args[0], cli.exception.args[0]
     assert flow_cfg.device == ("cuda" if cuda else "cpu")
     assert flow_cfg.to_dict() == cli_cfg.to_dict()
+    # sized in work: no champion yet, so a cold start, cut to what the budget pays for (2 photos)
+    assert flow_cfg.init == "imagenet"
+    recipe_epochs = trainer.train.default_train_config("v0001", "cuda" if cuda else "cpu").epochs
+    assert flow_cfg.epochs == (budget_images // 2 if budget_images else recipe_epochs)
 
 
 def test_importing_the_flows_leaves_the_environment_alone(tmp_path: Path) -> None:

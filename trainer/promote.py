@@ -1,12 +1,16 @@
 """Champion/challenger promotion with a decision log.
 
-The candidate and the current champion are both evaluated, now, on the same split (``test``
-of the candidate's dataset version). The candidate wins only if its count MAE beats the
-champion's by more than ``promote_mae_margin`` and its mask AP is not more than
-``promote_ap_tolerance`` below; with no champion it must beat the constant-count baseline
-(the train median). Every decision is appended to ``settings.decision_log`` (JSONL) and
-written as tags on the candidate's model version; the alias switch comes last, so a crash
-before it leaves the old champion in place.
+The candidate and the current champion are both evaluated, now, on the same photos (the
+``test`` split of the candidate's dataset version), and compared photo by photo: the
+difference of their absolute count errors, with a paired bootstrap interval at
+``promote_confidence`` (:func:`trainer.evaluate.paired_bootstrap`). The candidate wins only
+when the whole interval says it counts better (by more than ``promote_mae_margin`` books per
+photo) and its mask AP is not more than ``promote_ap_tolerance`` below the champion's. An
+interval that straddles the margin is "too close to tell on N photos": the champion stays, and
+the record says so. With no champion (or one that cannot be evaluated) the candidate must beat
+the constant-count baseline (the train median) the same way. Every decision is appended to
+``settings.decision_log`` (JSONL) and written as tags on the candidate's model version; the
+alias switch comes last, so a crash before it leaves the old champion in place.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from trainer import registry
 def promote(candidate: str, split: str = "test", device: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Decide on ``candidate`` (a registered version); returns the decision record."""
     from bookcounter.dataset_store import DatasetStore
-    from trainer.evaluate import baseline_count_mae, evaluate_model
+    from trainer.evaluate import baseline_count, evaluate_model
 
     s = get_settings()
     cand = registry.get(candidate)
@@ -38,10 +42,17 @@ def promote(candidate: str, split: str = "test", device: str | None = None, prog
         "champion": current.version if current else None,
         "dataset_version": cand.dataset_version,
         "split": split,
-        "rule": {"mae_margin": s.promote_mae_margin, "ap_tolerance": s.promote_ap_tolerance},
+        "rule": {
+            "test": "paired bootstrap of per-photo absolute count errors",
+            "confidence": s.promote_confidence,
+            "mae_margin": s.promote_mae_margin,
+            "ap_tolerance": s.promote_ap_tolerance,
+        },
         "candidate_metrics": None,
         "champion_metrics": None,
         "baseline_count_mae": None,
+        "comparison": None,
+        "verdict": None,
         "decision": "rejected",
         "reason": "",
     }
@@ -49,41 +60,58 @@ def promote(candidate: str, split: str = "test", device: str | None = None, prog
         version = DatasetStore.from_settings().get(cand.dataset_version)
         if not version.coco(split)["images"]:
             raise UserError(f"{version.name} has no {split} photos")
-        entry["baseline_count_mae"] = baseline_count_mae(version, split)
-        cm = evaluate_model(registry.model_dir(cand.version), version, split, device=device, progress=progress)["metrics"]
-        entry["candidate_metrics"] = cm
+        report = evaluate_model(registry.model_dir(cand.version), version, split, device=device, progress=progress)
+        entry["candidate_metrics"] = cm = report["metrics"]
+        entry["baseline_count_mae"] = cm["baseline_count_mae"]
     except Exception as e:  # a candidate that cannot be evaluated is rejected, with the error on record
         entry["reason"] = f"candidate evaluation failed: {type(e).__name__}: {e}"
         return _record(entry)
 
-    champion_metrics = None
+    median = baseline_count(version)
+    reference = {"against": "baseline", "name": f"the baseline, a constant count of {median:g} (the train median)",
+                 "errors": [abs(median - r["true"]) for r in report["per_image"]]}
     if current is not None:
         try:
-            champion_metrics = evaluate_model(registry.model_dir(current.version), version, split, device=device, progress=progress)["metrics"]
-            entry["champion_metrics"] = champion_metrics
+            theirs = evaluate_model(registry.model_dir(current.version), version, split, device=device, progress=progress)
+            entry["champion_metrics"] = theirs["metrics"]
+            reference = {"against": "champion", "name": f"champion {current.version}",
+                         "errors": [abs(r["predicted"] - r["true"]) for r in theirs["per_image"]]}
         except Exception as e:
             entry["reason"] = f"champion {current.version} could not be evaluated ({type(e).__name__}: {e}); judged against the baseline. "
-    margin, tol = s.promote_mae_margin, s.promote_ap_tolerance
-    mae = cm["count_mae"]
-    if champion_metrics is None:
-        base = entry["baseline_count_mae"]
-        won = mae < base - margin
-        entry["reason"] += f"count MAE {mae:.3f} {'beats' if won else 'does not beat'} the median baseline {base:.3f} (margin {margin:g})"
-    else:
-        mae_ok = mae < champion_metrics["count_mae"] - margin
-        ap_ok = cm["segm_AP"] >= champion_metrics["segm_AP"] - tol
-        won = mae_ok and ap_ok
-        entry["reason"] = (
-            f"count MAE {mae:.3f} vs champion {champion_metrics['count_mae']:.3f} "
-            f"({'better' if mae_ok else 'not better'} by more than {margin:g}); "
-            f"mask AP {cm['segm_AP']:.3f} vs {champion_metrics['segm_AP']:.3f} "
-            f"({'within' if ap_ok else 'falls more than'} tolerance {tol:g})"
-        )
+    entry["verdict"], entry["comparison"], text = compare(
+        [abs(r["predicted"] - r["true"]) for r in report["per_image"]], reference, s.promote_confidence, s.promote_mae_margin
+    )
+    won = entry["verdict"] == "better"
+    entry["reason"] += text
+    if entry["champion_metrics"] is not None:
+        ap, their_ap, tol = cm["segm_AP"], entry["champion_metrics"]["segm_AP"], s.promote_ap_tolerance
+        ap_ok = ap >= their_ap - tol
+        won = won and ap_ok
+        entry["reason"] += f"; mask AP {ap:.3f} vs {their_ap:.3f} ({'within' if ap_ok else 'falls more than'} tolerance {tol:g})"
     entry["decision"] = "promoted" if won else "rejected"
     _record(entry)
     if won:
         registry.set_champion(cand.version)  # last step
     return entry
+
+
+def compare(errors: list[float], reference: dict[str, Any], confidence: float, margin: float) -> tuple[str, dict[str, Any], str]:
+    """The verdict (better, worse or undecided), the bootstrap numbers, and a sentence saying both."""
+    from trainer.evaluate import paired_bootstrap
+
+    b = paired_bootstrap(errors, reference["errors"], confidence)
+    n, mae, ref_mae = b["photos"], sum(errors) / len(errors), sum(reference["errors"]) / len(errors)
+    if b["hi"] < -margin:
+        verdict, words = "better", "counts better"
+    elif b["lo"] > margin:
+        verdict, words = "worse", "counts worse"
+    else:
+        verdict, words = "undecided", f"too close to tell on {n} photos, so it is not promoted"
+    text = (
+        f"count MAE {mae:.2f} vs {ref_mae:.2f} of {reference['name']}: difference {b['mean_diff']:+.2f} books per photo, "
+        f"{confidence:.0%} interval {b['lo']:+.2f} to {b['hi']:+.2f} over {n} paired photos (margin {margin:g}): {words}"
+    )
+    return verdict, {"against": reference["against"], **b}, text
 
 
 def finish_switch(candidate: str) -> dict[str, Any] | None:

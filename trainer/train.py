@@ -14,20 +14,22 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 from tqdm import tqdm
 
 from bookcounter.dataset_store import DatasetError, DatasetStore, DatasetVersion
 from bookcounter.errors import UserError
+from trainer.config import Config
 from trainer.data import BookDataset, collate
 from trainer.model import ModelConfig, build_model, freeze_stages, load_init
 
 # Per device, what differs from the TrainConfig / ModelConfig defaults (the CPU recipe, measured:
-# README "Trainer"). The CUDA recipe is a larger pretrained backbone at a larger size; it has not
+# docs/recipe.md). The CUDA recipe is a larger pretrained backbone at a larger size; it has not
 # been measured here (no GPU).
 DEVICE_RECIPES: dict[str, dict[str, Any]] = {
     "cpu": {},
@@ -35,48 +37,42 @@ DEVICE_RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Config):
+    """One training run, sized in work (epochs), never in minutes (model.json ``train``)."""
+
     dataset: str  # version name, e.g. v0001
-    model: ModelConfig = field(default_factory=ModelConfig)
-    epochs: int = 12
-    batch_size: int = 2
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_iters: int = 50
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    epochs: int = Field(30, ge=1)  # the CPU recipe: the whole sample in about an hour of 2 cores (docs/recipe.md)
+    batch_size: int = Field(2, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_iters: int = Field(50, ge=0)
     seed: int = 0
     device: str = "cpu"
-    init: str = "imagenet"  # none | imagenet | coco | champion (warm start, see resolve_init) | a checkpoint file
-    frozen_stages: int = 2  # with pretrained weights: the stem and this many stages stay as loaded
-    view_p: float = 0.25  # share of training photos cropped to another shape (trainer.data.random_view)
-    sparse_p: float = 0.1  # share replaced by a sparse scene on a book-free background (trainer.data.sparse_scene)
-    threads: int = 0  # 0: auto, the cores not busy right now (see cpu_threads)
-    # A wall-clock budget: the LR schedule follows the elapsed share of it (or of the epochs, if
-    # further along) and training stops when it is spent, mid-epoch if need be. Time-budgeted
-    # runs are not bit-reproducible; epoch-bounded ones (and their --resume) are.
-    max_minutes: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["model"] = self.model.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """From a checkpoint or a recipe; an unknown key is an error, not silently ignored."""
-        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise UserError(f"unknown training setting(s) {', '.join(unknown)} (known: {', '.join(cls.__dataclass_fields__)})")
-        return cls(**{**d, "model": ModelConfig.from_dict(d.get("model", {}))})
+    init: str = "imagenet"  # none | imagenet | coco | champion (the retrain policy, see retrain_policy) | a checkpoint file
+    frozen_stages: int = Field(2, ge=0)  # with pretrained weights: the stem and this many stages stay as loaded
+    view_p: float = Field(0.25, ge=0, le=1)  # share of training photos cropped to another shape (trainer.data.random_view)
+    sparse_p: float = Field(0.1, ge=0, le=1)  # share replaced by a sparse scene on a book-free background (trainer.data.sparse_scene)
+    threads: int = Field(0, ge=0)  # 0: every core (see cpu_threads)
+    # A safety cap, never the recipe: the run is sized by ``epochs`` (the LR schedule follows
+    # the iterations), and stops early, mid-epoch if need be, only when this much wall-clock
+    # time is spent (model.json then says ``stopped_by_cap``).
+    max_minutes: float | None = Field(None, gt=0)
 
 
-def default_train_config(dataset: str, device: str | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+def default_train_config(
+    dataset: str,
+    device: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    budget_images: int | None = None,
+    store: DatasetStore | None = None,
+) -> TrainConfig:
     """The one place a training config is made (CLI, flows, benches): the defaults, then the
     device's recipe (:data:`DEVICE_RECIPES`), then ``overrides`` (``model`` merged key by key).
 
-    With ``init: champion``, what ``overrides`` leave unset comes from :data:`WARM_START` when the
-    champion's network fits (a fine-tune), else from :data:`COLD_START`. With ``max_minutes``
-    and no ``epochs`` given, the time budget alone ends the run.
+    With ``init: champion``, :func:`retrain_policy` decides between a cold start and a
+    fine-tune of the champion, and how many epochs, within ``budget_images``, unless
+    ``overrides`` set them (``store``: where ``dataset`` is; default: the settings' store).
     """
     device = device or default_device()
     merged = TrainConfig(dataset=dataset, device=device).to_dict()
@@ -87,12 +83,11 @@ def default_train_config(dataset: str, device: str | None = None, overrides: dic
         merged["model"].update(layer.pop("model", {}))
         merged.update(layer)
     if merged["init"] == CHAMPION_INIT:
-        warm = resolve_init(TrainConfig.from_dict(merged), log=lambda _: None)[1].get("init")
-        merged.update({k: v for k, v in (WARM_START if warm else COLD_START).items() if overrides.get(k) is None})
-    cfg = TrainConfig.from_dict(merged)
-    if cfg.max_minutes is not None and "epochs" not in overrides:
-        cfg.epochs = 10_000
-    return cfg
+        warm = resolve_init(TrainConfig.from_dict(merged), log=lambda _: None)[1].get("init") == CHAMPION_INIT
+        photos = len((store or DatasetStore.from_settings()).get(dataset).coco("train")["images"])
+        policy = retrain_policy(merged["epochs"], photos, warm, budget_images)
+        merged.update({k: v for k, v in policy.items() if k == "init" or overrides.get(k) is None})
+    return TrainConfig.from_dict(merged)
 
 
 @dataclass
@@ -104,6 +99,7 @@ class TrainResult:
     iter_losses: list[float]  # total loss per iteration
     init_loaded: dict[str, Any]  # what load_init loaded (weights file and sha256), for model.json
     run_dir: Path
+    stopped_by_cap: bool = False  # max_minutes ended the run before its epochs
 
 
 def default_device() -> str:
@@ -111,29 +107,19 @@ def default_device() -> str:
 
 
 def cpu_threads() -> int:
-    """Threads for CPU training: every core.
+    """Threads for CPU training: every core (faster than one, ``bench/train_throughput.py``).
 
-    Measured on this 2-core machine, idle: 2.50 train img/s with 2 threads vs 1.72 with 1
-    (mobilenet_v3_fpn, GroupNorm, 512 px; ``bench/train_throughput.py --threads N``). When the
-    cores are shared, busy-waiting OpenMP threads slow each other down badly; the CLI sets
-    ``OMP_WAIT_POLICY=PASSIVE`` so they sleep instead (2.27 img/s idle with it).
+    When the cores are shared, busy-waiting OpenMP threads slow each other down badly; the CLI
+    sets ``OMP_WAIT_POLICY=PASSIVE`` so they sleep instead. Numbers: docs/recipe.md.
     """
     return os.cpu_count() or 1
 
 
-def lr_at(it: int, progress: float, cfg: TrainConfig) -> float:
-    """Linear warmup over ``warmup_iters``, then cosine decay to 1% of ``lr`` as ``progress`` goes 0 -> 1."""
+def lr_at(it: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warmup over ``warmup_iters``, then cosine decay to 1% of ``lr`` at iteration ``total``."""
     if it < cfg.warmup_iters:
         return cfg.lr * (0.1 + 0.9 * it / cfg.warmup_iters)
-    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def _progress(it: int, total: int, started: float, max_minutes: float | None) -> float:
-    """Share of the run done: of the iterations, or of the time budget if that is further along."""
-    share = it / max(1, total)
-    if max_minutes is not None:
-        share = max(share, (time.monotonic() - started) / (max_minutes * 60))
-    return share
+    return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, it / max(1, total)))))
 
 
 def open_version(store: DatasetStore, name: str) -> DatasetVersion:
@@ -148,13 +134,26 @@ def open_version(store: DatasetStore, name: str) -> DatasetVersion:
 
 
 CHAMPION_INIT = "champion"
-# What ``init: champion`` (the retrain flow's) sets unless given, measured in README "Warm start
-# vs cold start" (bench/warm_start.py): a short fine-tune of the champion at a lower peak learning
-# rate, or, with no champion whose network fits, a cold start on a time budget rather than the
-# epoch count, so that a small first version still gets enough iterations.
-WARM_START: dict[str, Any] = {"max_minutes": 3.0, "lr": 3e-4}
-COLD_START: dict[str, Any] = {"max_minutes": 10.0}
 COLD_INIT = "imagenet"  # what ``--init champion`` falls back to: the pretrained default
+# A fine-tune of the champion (docs/recipe.md "Retrain policy"): a lower peak learning rate and
+# a short warmup (5 iterations beat 50 on val), so that the run trains at its peak rate.
+WARM_START: dict[str, Any] = {"lr": 3e-4, "warmup_iters": 5}
+
+
+def retrain_policy(epochs: int, photos: int, warm_possible: bool, budget_images: int | None) -> dict[str, Any]:
+    """What a retrain (``init: champion``) trains: a cold start or a fine-tune, and for how many epochs.
+
+    The work is counted in images seen, never minutes. A cold start on the whole version
+    (``photos`` train photos) with the recipe's ``epochs`` is the default: it is the run that
+    improves as the data grows. When that would see more than ``budget_images`` (what the
+    nightly job affords), the champion is fine-tuned on the whole version instead, for as many
+    epochs as the budget pays for (at least one). Without a champion whose network fits, the
+    cold start is cut to the budget.
+    """
+    affordable = max(1, budget_images // max(1, photos)) if budget_images else epochs
+    if epochs <= affordable or not warm_possible:
+        return {"init": COLD_INIT, "epochs": min(epochs, affordable)}
+    return {**WARM_START, "init": CHAMPION_INIT, "epochs": affordable}
 
 
 def resolve_init(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[str, dict[str, Any]]:
@@ -222,9 +221,8 @@ def train(
             init_loaded = {**warm, "init": "none"}
     if init_loaded["init"] != "none":
         init_loaded["frozen_parameters"] = freeze_stages(model, cfg.frozen_stages)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    # channels-last convolutions: 1.25x less CPU per training image here (bench/train_profile.py), and faster on CUDA
+    model.to(device).to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")
@@ -235,8 +233,12 @@ def train(
     dataset = BookDataset(version, "train", cfg.model, train=True, seed=cfg.seed, view_p=cfg.view_p, sparse_p=cfg.sparse_p)
     iters_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
     total = iters_per_epoch * cfg.epochs
+    log(plan(cfg, len(dataset), total, run_dir.parent / THROUGHPUT_FILE))
     started = time.monotonic()
+    deadline = started + cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
     run_dir.mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=total, initial=start_epoch * iters_per_epoch, desc=f"training {cfg.dataset}", unit="it", disable=not progress)
+    stopped_by_cap = False
     for epoch in range(start_epoch, cfg.epochs):
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         dataset.set_epoch(epoch)
@@ -247,28 +249,60 @@ def train(
             collate_fn=collate,
             generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch),
         )
-        label = f"epoch {epoch + 1} ({cfg.max_minutes:g}-min budget)" if cfg.max_minutes else f"epoch {epoch + 1}/{cfg.epochs}"
+        bar.set_description(f"training {cfg.dataset}, epoch {epoch + 1}/{cfg.epochs}")
 
         def lr_for(it: int) -> float | None:
-            share = _progress(it, total, started, cfg.max_minutes)
-            return None if share >= 1.0 else lr_at(it, share, cfg)
+            return None if time.monotonic() > deadline else lr_at(it, total, cfg)
 
-        row, losses = train_one_epoch(model, optimizer, scaler, loader, device, epoch * iters_per_epoch, lr_for, label, progress)
-        if not losses:  # the budget was spent when this epoch began
+        row, losses = train_one_epoch(model, optimizer, scaler, loader, device, epoch * iters_per_epoch, lr_for, bar)
+        stopped_by_cap = len(losses) < len(loader)
+        if not losses:
             break
         iter_losses.extend(losses)
         row["epoch"] = epoch + 1
         history.append(row)
         _save_checkpoint(ckpt_path, model, optimizer, scaler, epoch, history, iter_losses, cfg, init_loaded)
-        log(f"{label}: loss {row['loss']:.3f} ({row['seconds']:.0f} s)")
+        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.3f} ({row['seconds']:.0f} s, {row['images_per_s']:.2f} images/s)")
         if on_epoch is not None:
             on_epoch(epoch, row)
-        if _progress((epoch + 1) * iters_per_epoch, total, started, cfg.max_minutes) >= 1.0:
-            if cfg.max_minutes is not None and epoch + 1 < cfg.epochs:
-                log(f"stopping in epoch {epoch + 1}: the {cfg.max_minutes:g}-minute budget is spent")
+        if stopped_by_cap:
             break
+    bar.close()
+    if stopped_by_cap:
+        log(f"stopped by the {cfg.max_minutes:g}-minute safety cap after {len(iter_losses)} of {total} iterations: the schedule did not finish")
+    elif history:
+        _record_throughput(run_dir.parent / THROUGHPUT_FILE, cfg, history)
     model.to("cpu").to(memory_format=torch.contiguous_format).eval()
-    return TrainResult(model, cfg, version, history, iter_losses, init_loaded, run_dir)
+    return TrainResult(model, cfg, version, history, iter_losses, init_loaded, run_dir, stopped_by_cap)
+
+
+THROUGHPUT_FILE = "throughput.json"  # beside the runs: the last measured images/s per device and network
+
+
+def _throughput_key(cfg: TrainConfig) -> str:
+    return f"{cfg.device}/{cfg.threads or cpu_threads()} threads/{cfg.model.backbone}/{cfg.model.image_size}px/batch {cfg.batch_size}"
+
+
+def plan(cfg: TrainConfig, photos: int, iterations: int, throughput_file: Path) -> str:
+    """One line: the work planned, and the time it should take at the last measured speed."""
+    images = iterations * cfg.batch_size
+    line = f"plan: {cfg.epochs} epoch(s) of {photos} photos = {iterations} iterations, {images} images seen"
+    try:
+        ips = json.loads(throughput_file.read_text())[_throughput_key(cfg)]
+        line += f"; about {images / ips / 60:.0f} min at the last measured {ips:.2f} images/s"
+    except (OSError, KeyError, ValueError):
+        line += "; the progress bar shows the time left once it runs"
+    return line + (f" (safety cap {cfg.max_minutes:g} min)" if cfg.max_minutes is not None else "")
+
+
+def _record_throughput(path: Path, cfg: TrainConfig, history: list[dict[str, float]]) -> None:
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    images = sum(r["images_per_s"] * r["seconds"] for r in history)
+    known[_throughput_key(cfg)] = round(images / max(1e-9, sum(r["seconds"] for r in history)), 3)
+    path.write_text(json.dumps(known, indent=2))
 
 
 def train_one_epoch(
@@ -279,22 +313,21 @@ def train_one_epoch(
     device: torch.device,
     first_iter: int,
     lr_for: Callable[[int], float | None],
-    desc: str,
-    progress: bool = True,
+    bar: tqdm,
 ) -> tuple[dict[str, float], list[float]]:
     """One pass over ``loader``, as torchvision's ``engine.train_one_epoch`` (AMP on CUDA).
 
-    ``lr_for(it)`` is the learning rate of global iteration ``it``, or None when the time
-    budget is spent, which ends the epoch there. Returns the epoch's mean losses (with ``lr``
-    and ``seconds``) and every iteration's total loss.
+    ``lr_for(it)`` is the learning rate of global iteration ``it``, or None when the safety cap
+    is reached, which ends the epoch there. ``bar`` is the whole run's progress bar. Returns the
+    epoch's mean losses (with ``lr``, ``seconds`` and ``images_per_s``) and every iteration's total loss.
     """
     model.train()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     sums: dict[str, float] = {}
     iter_losses: list[float] = []
+    images_seen = 0
     t0 = time.monotonic()
-    bar = tqdm(loader, desc=desc, disable=not progress, leave=False)
-    for i, (images, targets) in enumerate(bar):
+    for i, (images, targets) in enumerate(loader):
         lr = lr_for(first_iter + i)
         if lr is None:
             break
@@ -314,12 +347,15 @@ def train_one_epoch(
         scaler.step(optimizer)
         scaler.update()
         iter_losses.append(loss.item())
+        images_seen += len(images)
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v.item()
         sums["loss"] = sums.get("loss", 0.0) + loss.item()
+        bar.update(1)
         bar.set_postfix({k.removeprefix("loss_"): f"{v / (i + 1):.3f}" for k, v in sums.items()})
+    seconds = time.monotonic() - t0
     row = {k: v / max(1, len(iter_losses)) for k, v in sums.items()}
-    row.update(lr=optimizer.param_groups[0]["lr"], seconds=time.monotonic() - t0)
+    row.update(lr=optimizer.param_groups[0]["lr"], seconds=seconds, images_per_s=images_seen / max(seconds, 1e-9))
     return row, iter_losses
 
 
@@ -372,6 +408,8 @@ def train_and_save(
         "train": cfg.to_dict(),
         "init_loaded": result.init_loaded,
         "epochs_done": len(result.history),
+        "iterations_done": len(result.iter_losses),
+        "stopped_by_cap": result.stopped_by_cap,
         "history": result.history,
         "iter_losses": result.iter_losses,
         "metrics": {},

@@ -35,8 +35,8 @@ from bookcounter.images import BadImage, read_image
 log = logging.getLogger(__name__)
 
 # Prompts per mask-decoder call. Every prompt carries its own 64x64x256 copy of the image
-# features through the decoder, so on a CPU large batches fall out of cache: measured on the
-# 2-core dev machine, 20 boxes cost 2.8 CPU-s in one call and 1.8 CPU-s in calls of 4.
+# features through the decoder, so on a CPU large batches fall out of cache (measured:
+# docs/annotation.md, "Speed decisions").
 DECODER_BATCH = {"cpu": 4, "cuda": 64}
 
 
