@@ -53,8 +53,13 @@ def sample_dir() -> Path:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that uses the session's Label Studio (the ``labelstudio`` fixture, ``ls_settings``
-    included) carries the ``labelstudio`` marker, so ``-m "not labelstudio"`` starts no server."""
+    """Markers that follow from the fixtures a test uses, so that ``make test-fast``
+    (``-m "not labelstudio and not slow"``) starts no server and trains no model:
+    ``labelstudio`` for the session's Label Studio (``ls_settings`` included), ``slow`` for the
+    trained tiny model (``tiny_champion``, ``counted_photo``, ``served_champion`` included)."""
     for item in items:
-        if "labelstudio" in getattr(item, "fixturenames", ()):
+        fixtures = getattr(item, "fixturenames", ())
+        if "labelstudio" in fixtures:
             item.add_marker(pytest.mark.labelstudio)
+        if "tiny_model_dir" in fixtures:
+            item.add_marker(pytest.mark.slow)

@@ -173,6 +173,7 @@ def test_a_damaged_backup_is_refused_before_anything_is_written(
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
 
 
+@pytest.mark.slow  # a Prefect flow (a temporary Prefect server)
 def test_nightly_backup_flow_keeps_the_newest_k(settings: Settings) -> None:
     from flows.backup import backup_flow
 

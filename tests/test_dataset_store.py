@@ -146,6 +146,7 @@ def test_verify_detects_one_flipped_byte(tmp_path: Path) -> None:
     assert r.returncode == 1  # no store there: the one-line error
 
 
+@pytest.mark.slow  # the bookcounter command in a subprocess: torch and all imported each time
 def test_cli_import_list_verify_and_noop(tmp_path: Path) -> None:
     src = _write_coco(tmp_path / "src", [("a.jpg", _jpeg(seed=1))], [_box(1, 1, 5, 5, 20, 40)], name="train.json")
     state = tmp_path / "state"
@@ -179,6 +180,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.slow  # the bookcounter command in a subprocess: torch and all imported each time
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_image_files_fail_cleanly(tmp_path: Path, case: str) -> None:
     fname, data, message = BAD_INPUTS[case]
@@ -205,6 +207,7 @@ BAD_JSON = {
 }
 
 
+@pytest.mark.slow  # the bookcounter command in a subprocess: torch and all imported each time
 @pytest.mark.parametrize("case", sorted(BAD_JSON))
 def test_bad_coco_json_fails_cleanly(tmp_path: Path, case: str) -> None:
     mutate, message = BAD_JSON[case]
@@ -215,6 +218,7 @@ def test_bad_coco_json_fails_cleanly(tmp_path: Path, case: str) -> None:
     _assert_cli_error(tmp_path, src, [src.name, message])
 
 
+@pytest.mark.slow  # the bookcounter command in a subprocess: torch and all imported each time
 def test_invalid_json_fails_cleanly(tmp_path: Path) -> None:
     src = tmp_path / "src" / "data.json"
     src.parent.mkdir()

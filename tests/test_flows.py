@@ -26,6 +26,8 @@ from flows.loop import collect_flow, retrain_flow
 from flows.prelabel import prelabel_flow
 from trainer import promote
 
+pytestmark = pytest.mark.slow  # every flow run starts a temporary Prefect server; the retrains train
+
 
 def _recipe(epochs: int = 3) -> dict:
     cfg = tiny_train_config("unused", epochs=epochs).to_dict()

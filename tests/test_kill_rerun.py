@@ -34,6 +34,8 @@ from serving.metrics import ServingMetrics
 from serving.model_slot import ModelSlot
 from trainer import promote, registry
 
+pytestmark = pytest.mark.slow  # flows in subprocesses, trained and killed
+
 KILLPOINT_DIR = Path(__file__).parent / "killpoint"
 BOOKCOUNTER = str(Path(sys.executable).parent / "bookcounter")
 KILLPOINT_TIMEOUT_S = 300.0
