@@ -3,8 +3,9 @@
 Round by round, ``--per-round`` train photos of the sample go into the inbox, ``prelabel``
 imports them (with the champion's predictions once there is one), the replay annotator submits
 their reference masks through Label Studio's API, and the ``loop`` flow collects a new dataset
-version, trains a candidate within ``--budget-minutes`` (fine-tuning the champion once there is
-one) and promotes or rejects it. The first version holds the sample's val and test photos
+version, trains a candidate under the retrain policy within ``--budget-images`` (images seen:
+the same work on a busy or a quiet machine) and promotes or rejects it through the paired
+bootstrap gate, whose interval each row records. The first version holds the sample's val and test photos
 only, so every train photo arrives through Label Studio, and no val or test photo of the
 sample ever reaches the inbox.
 
@@ -42,9 +43,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--per-round", type=int, default=20, help="train photos annotated per round")
-    p.add_argument(
-        "--budget-minutes", type=float, default=None, help="training budget per round (default: the retrain flow's)"
-    )
+    p.add_argument("--budget-images", type=int, default=None, help="training work per round, in images seen (default: the nightly budget)")
     p.add_argument("--order", choices=ORDERS, default="random", help="which inbox photos are annotated next")
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the random order (and of the first round of least-sure)"
@@ -109,7 +108,7 @@ def main() -> None:
             replay(settings, references)
             annotated += len(batch)
             seconds += sum(SECONDS_PER_BOOK * len(references[item.sha256]) for item in batch)
-            loop_flow(max_minutes=args.budget_minutes, recipe={"threads": args.threads})
+            loop_flow(budget_images=args.budget_images, recipe={"threads": args.threads, "seed": args.seed})
             d = promote.history()[-1]
             trained_on = {im["sha256"] for im in store.get(d["dataset_version"]).coco("train")["images"]}
             if trained_on & fixed_shas:
@@ -120,21 +119,14 @@ def main() -> None:
             if champion is not None and champion.version not in measured:
                 measured[champion.version] = fixed_set_metrics(registry.model_dir(champion.version), fixed)
             m = measured.get(champion.version, {}) if champion else {}
-            rows.append(
-                {
-                    "round": r + 1,
-                    "photos": annotated,
-                    "annotator_s": seconds,
-                    "dataset": d["dataset_version"],
-                    "candidate": d["candidate"],
-                    "decision": d["decision"],
-                    "champion": champion.version if champion else None,
-                    "count_mae": m.get("count_mae"),
-                    "segm_AP50": m.get("segm_AP50"),
-                    "prelabel": prelabel_quality(store.get(d["dataset_version"]).manifest().get("report", {})),
-                    "minutes": (time.monotonic() - t0) / 60,
-                }
-            )
+            rows.append({
+                "round": r + 1, "photos": annotated, "annotator_s": seconds, "dataset": d["dataset_version"],
+                "candidate": d["candidate"], "decision": d["decision"], "champion": champion.version if champion else None,
+                "verdict": d.get("verdict"), "interval": [d["comparison"][k] for k in ("lo", "hi")] if d.get("comparison") else None,
+                "count_mae": m.get("count_mae"), "segm_AP50": m.get("segm_AP50"),
+                "prelabel": prelabel_quality(store.get(d["dataset_version"]).manifest().get("report", {})),
+                "minutes": (time.monotonic() - t0) / 60,
+            })
             _print(rows, args.order)
             (args.out / f"curve-{args.order}.json").write_text(
                 json.dumps({"order": args.order, "baseline_count_mae": baseline, "rounds": rows}, indent=2)

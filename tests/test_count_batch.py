@@ -34,14 +34,18 @@ def read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
+# The books in each photo of ``shelf``: what a count is checked against.
+TRUE_COUNTS = {**{f"part-{i}.png": 1 + i % 5 for i in range(5)}, "part-9.png": 3}
+
+
 @pytest.fixture(scope="module")
 def shelf(tmp_path_factory: pytest.TempPathFactory, tiny_champion) -> Path:
     """Five synthetic photos, one subfolder photo, and one file that is no photo at all."""
     folder = tmp_path_factory.mktemp("shelf")
     for i in range(5):
-        synthetic_photo(100 + i, 1 + i % 5)[0].save(folder / f"part-{i}.png")
+        synthetic_photo(100 + i, TRUE_COUNTS[f"part-{i}.png"])[0].save(folder / f"part-{i}.png")
     (folder / "more").mkdir()
-    synthetic_photo(200, 3)[0].save(folder / "more" / "part-9.png")
+    synthetic_photo(200, TRUE_COUNTS["part-9.png"])[0].save(folder / "more" / "part-9.png")
     (folder / "notes.jpg").write_text("not a photo, just notes\n")
     (folder / "readme.txt").write_text("not a photo suffix: ignored in a folder\n")
     return folder
@@ -72,6 +76,8 @@ def test_cli_writes_one_row_per_photo_and_fails_on_the_bad_one(cli_rows, shelf: 
     assert "not an image" in bad[0]["error"] and bad[0]["count"] == "" and len(bad[0]["sha256"]) == 64
     good = [r for r in rows if not r["error"]]
     assert {Path(r["path"]).name: int(r["count"]) for r in good} == expected
+    errors = [abs(int(r["count"]) - TRUE_COUNTS[Path(r["path"]).name]) for r in good]
+    assert sum(errors) / len(errors) <= 1.0, errors  # against the books in the photos
     for r in good:
         assert r["model_version"] == tiny_champion.version
         assert (r["width"], r["height"]) == ("96", "96") and float(r["seconds"]) > 0 and float(r["threshold"]) > 0

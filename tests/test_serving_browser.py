@@ -34,10 +34,8 @@ def browser() -> Iterator[object]:
         b.close()
 
 
-def test_page_counts_an_uploaded_photo_and_draws_its_masks(
-    served_champion: Served, browser, tmp_path: Path, counted_photo
-) -> None:
-    photo, _ = counted_photo
+def test_page_counts_an_uploaded_photo_and_draws_its_masks(served_champion: Served, browser, tmp_path: Path, known_photo) -> None:
+    photo, _ = known_photo
     path = tmp_path / "shelf.png"
     photo.resize((384, 384), Image.Resampling.NEAREST).save(path)
     page = browser.new_page(viewport={"width": 900, "height": 900})
@@ -156,10 +154,8 @@ def test_page_without_a_champion_says_how_to_train_one(settings, browser) -> Non
         page.close()
 
 
-def test_page_opened_with_its_api_key_counts_a_photo(
-    served_with_key: Served, browser, tmp_path: Path, counted_photo
-) -> None:
-    photo, _ = counted_photo
+def test_page_opened_with_its_api_key_counts_a_photo(served_with_key: Served, browser, tmp_path: Path, known_photo) -> None:
+    photo, _ = known_photo
     path = tmp_path / "shelf.png"
     photo.save(path)
     page = browser.new_page()

@@ -235,3 +235,17 @@ def test_the_tiny_model_counts_held_out_photos_close_to_their_true_counts(tiny_m
     # measured: MAE 0.42 against the median baseline's 1.17 (8 epochs instead of 16: 0.67)
     assert m["count_mae"] <= 0.6, report["per_image"]
     assert m["count_mae"] <= 0.5 * m["baseline_count_mae"], (m["count_mae"], m["baseline_count_mae"])
+
+
+def test_pycocotools_progress_lines_stay_out_of_the_logs(tiny_dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pycocotools prints "creating index..." / "DONE" on every evaluation. In a flow with
+    ``log_prints`` Prefect replaces the builtin ``print`` with one that logs, as here."""
+    import builtins
+
+    printed: list[tuple] = []
+    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: printed.append(args))
+    gt = tiny_dataset.version.coco("test")
+    perfect = [{"image_id": a["image_id"], "category_id": 1, "segmentation": a["segmentation"], "bbox": a["bbox"], "score": 1.0}
+               for a in gt["annotations"]]
+    assert metrics(gt, perfect, threshold=0.5)["segm_AP"] == pytest.approx(1.0)
+    assert printed == []

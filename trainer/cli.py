@@ -112,8 +112,10 @@ def promote_command(
 ) -> None:
     """Evaluate the candidate and the champion on the candidate's test split; promote only if better.
 
-    Rule: count MAE better by more than settings.promote_mae_margin and mask AP not lower by
-    more than settings.promote_ap_tolerance; the first model must beat the train-median baseline.
+    Rule: on the same photos, the paired bootstrap interval (BOOKCOUNTER_PROMOTE_CONFIDENCE, 0.9) of
+    the difference in per-photo count error lies wholly below -BOOKCOUNTER_PROMOTE_MAE_MARGIN, and mask
+    AP is not lower by more than BOOKCOUNTER_PROMOTE_AP_TOLERANCE; the first model must beat the
+    train-median baseline the same way. "Too close to tell" keeps the champion, and says so.
     Every decision is logged (var/registry/decisions.jsonl and tags on the model version).
     """
     from trainer.promote import promote

@@ -7,7 +7,9 @@ evaluation, serving, pre-labelling and the ML backend. In training, before that 
   3:4, a shelf row is a wide strip), keeping the books a person would still count (:func:`crop`);
 - a *sparse scene*: 0-6 of its books, some turned to lie flat, pasted onto a book-free
   background made from the photo itself (copy-paste augmentation, Ghiasi et al. 2021). The
-  sample holds only dense shelves; this shows the model what 0-6 books, and no books, look like.
+  sample holds only dense shelves; this shows the model what 0-6 books, and no books, look like;
+- a *pile*: 1-5 whole books seen cover-on, made from its spines, beside boxes and fabric that are
+  no books (:func:`pile_scene`; off in the default recipe until measured, ``pile_p``).
 
 Then flips, rotation, scale and colour jitter. Boxes are recomputed from the augmented masks,
 so a rotated book gets the tight box of its rotated mask.
@@ -99,10 +101,7 @@ def sparse_scene(image: PIL.Image.Image, masks: np.ndarray, rng: np.random.Gener
     than MIN_VISIBLE of itself is dropped.
     """
     w, h = image.size
-    small = image.resize((int(rng.integers(2, 9)), int(rng.integers(2, 9))), PIL.Image.Resampling.BOX)
-    background = np.asarray(small.resize((w, h), PIL.Image.Resampling.BICUBIC)).astype(np.int16)
-    background += rng.normal(0, rng.uniform(2, 12), (h, w, 1)).astype(np.int16)
-    canvas = np.clip(background, 0, 255).astype(np.uint8)
+    canvas = room_background(image, rng)
     pixels = np.asarray(image)
     pasted: list[tuple[np.ndarray, int]] = []  # (visible mask, area when pasted)
     for k in rng.permutation(len(masks))[: int(rng.integers(0, MAX_PASTED + 1))]:
@@ -127,6 +126,69 @@ def sparse_scene(image: PIL.Image.Image, masks: np.ndarray, rng: np.random.Gener
     return PIL.Image.fromarray(canvas), stacked
 
 
+def room_background(image: PIL.Image.Image, rng: np.random.Generator) -> np.ndarray:
+    """HxWx3 uint8: the photo shrunk to a few pixels and blown up again, plus noise: its colours, no books."""
+    w, h = image.size
+    small = image.resize((int(rng.integers(2, 9)), int(rng.integers(2, 9))), PIL.Image.Resampling.BOX)
+    background = np.asarray(small.resize((w, h), PIL.Image.Resampling.BICUBIC)).astype(np.int16)
+    background += rng.normal(0, rng.uniform(2, 12), (h, w, 1)).astype(np.int16)
+    return np.clip(background, 0, 255).astype(np.uint8)
+
+
+def _clutter(canvas: np.ndarray, rng: np.random.Generator) -> None:
+    """Paint a thing that is no book onto ``canvas``: a cardboard box (two shaded faces) or a fold of fabric."""
+    h, w = canvas.shape[:2]
+    bw, bh = int(rng.uniform(0.2, 0.5) * w), int(rng.uniform(0.15, 0.4) * h)
+    x, y = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+    colour = rng.integers(60, 220, 3)
+    if rng.random() < 0.5:  # a box: a front face and a lighter top face
+        top = max(2, bh // 4)
+        canvas[y : y + top, x : x + bw] = np.clip(colour * 1.25, 0, 255)
+        canvas[y + top : y + bh, x : x + bw] = colour
+    else:  # fabric: soft parallel folds
+        yy, xx = np.mgrid[0:bh, 0:bw]
+        angle, period = rng.uniform(0, np.pi), rng.uniform(8, 30)
+        shade = 0.75 + 0.25 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period)
+        canvas[y : y + bh, x : x + bw] = np.clip(colour * shade[..., None], 0, 255)
+
+
+def pile_scene(image: PIL.Image.Image, masks: np.ndarray, rng: np.random.Generator) -> tuple[PIL.Image.Image, np.ndarray]:
+    """1-5 whole books seen cover-on (standing or lying flat), on a book-free background with clutter.
+
+    The sample shows only spines on shelves. Here a book's spine texture is stretched onto a
+    cover-shaped box (about 3:4) with a darker edge, covers overlap as in a pile, and a box or a
+    fold of fabric (never a book) may lie beside them. Later books occlude earlier ones; a book
+    left with less than MIN_VISIBLE of itself is dropped.
+    """
+    w, h = image.size
+    canvas = room_background(image, rng)
+    for _ in range(int(rng.integers(0, 3))):
+        _clutter(canvas, rng)
+    pixels = np.asarray(image)
+    pasted: list[tuple[np.ndarray, int]] = []
+    for k in rng.permutation(len(masks))[: int(rng.integers(1, 6))]:
+        ys, xs = np.nonzero(masks[k])
+        if len(ys) == 0:
+            continue
+        long = int(rng.uniform(0.2, 0.45) * min(w, h))
+        short = max(4, int(long * rng.uniform(0.6, 0.8)))
+        cw, ch = (long, short) if rng.random() < 0.5 else (short, long)  # lying flat or standing
+        spine = PIL.Image.fromarray(pixels[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1])
+        cover = np.asarray(spine.resize((cw, ch), PIL.Image.Resampling.BILINEAR)).copy()
+        edge = max(1, min(cw, ch) // 20)
+        for band in (np.s_[:edge], np.s_[-edge:]):
+            cover[band] = cover[band] * 0.6
+            cover[:, band] = cover[:, band] * 0.6
+        px, py = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+        full = np.zeros((h, w), bool)
+        full[py : py + ch, px : px + cw] = True
+        canvas[full] = cover.reshape(-1, 3)
+        pasted = [(m & ~full, area) for m, area in pasted]
+        pasted.append((full, cw * ch))
+    kept = [m for m, area in pasted if m.sum() >= MIN_VISIBLE * area]
+    return PIL.Image.fromarray(canvas), np.stack(kept) if kept else np.zeros((0, h, w), bool)
+
+
 class BookDataset(torch.utils.data.Dataset):
     """(image float tensor CxHxW in [0,1] at the network's input size, target dict with
     boxes/labels/masks/image_id) per photo.
@@ -144,10 +206,11 @@ class BookDataset(torch.utils.data.Dataset):
         seed: int = 0,
         view_p: float = 0.0,
         sparse_p: float = 0.0,
+        pile_p: float = 0.0,
     ):
-        """``view_p`` / ``sparse_p``: the share of training items that become a view / a sparse scene."""
+        """``view_p`` / ``sparse_p`` / ``pile_p``: the share of training items that become a view / a sparse scene / a pile."""
         coco = version.coco(split)
-        self.view_p, self.sparse_p = view_p, sparse_p
+        self.view_p, self.sparse_p, self.pile_p = view_p, sparse_p, pile_p
         self.version = version
         self.images = coco["images"]
         self.config = config
@@ -179,7 +242,9 @@ class BookDataset(torch.utils.data.Dataset):
             u = rng.random()
             if u < self.sparse_p:
                 pil, m = sparse_scene(pil, m, rng)
-            elif u < self.sparse_p + self.view_p:
+            elif u < self.sparse_p + self.pile_p:
+                pil, m = pile_scene(pil, m, rng)
+            elif u < self.sparse_p + self.pile_p + self.view_p:
                 pil, m = random_view(pil, m, rng)
         sized = model_input(pil, self.config)
         image = tv_tensors.Image(F.pil_to_tensor(sized))

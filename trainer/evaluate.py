@@ -9,8 +9,6 @@ it (:func:`operating_point_set`, :func:`choose_operating_point`), never on ``tes
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import statistics
@@ -52,22 +50,29 @@ def detect(predictor, version: DatasetVersion, split: str, progress: bool = True
     return results
 
 
+def _discard(*args: Any, **kwargs: Any) -> None:
+    pass
+
+
 def coco_ap(gt: dict[str, Any], results: list[dict[str, Any]], iou_type: str) -> dict[str, float]:
     """AP, AP50, AP75 over all areas, up to 300 detections per photo (shelves hold many books)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    import pycocotools.coco
+    import pycocotools.cocoeval
 
     if not results or not gt["annotations"]:
         return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = {k: gt[k] for k in ("images", "annotations", "categories")}
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes([dict(r) for r in results])
-        ev = COCOeval(coco_gt, coco_dt, iou_type)
-        ev.params.maxDets = [1, 10, 300]
-        ev.evaluate()
-        ev.accumulate()
+    # pycocotools prints its progress ("creating index...", "DONE (t=0.29s)"); a module-level
+    # ``print`` silences it everywhere, also where Prefect's log_prints would log each line.
+    for module in (pycocotools.coco, pycocotools.cocoeval):
+        module.print = _discard
+    coco_gt = pycocotools.coco.COCO()
+    coco_gt.dataset = {k: gt[k] for k in ("images", "annotations", "categories")}
+    coco_gt.createIndex()
+    coco_dt = coco_gt.loadRes([dict(r) for r in results])
+    ev = pycocotools.cocoeval.COCOeval(coco_gt, coco_dt, iou_type)
+    ev.params.maxDets = [1, 10, 300]
+    ev.evaluate()
+    ev.accumulate()
     precision = ev.eval["precision"][:, :, 0, 0, -1]  # IoU x recall, class book, area all, 300 dets
 
     def mean(p: np.ndarray) -> float:
@@ -117,7 +122,8 @@ def candidates(predictor, version: DatasetVersion, split: str, progress: bool = 
     }
 
 
-SPARSE_SEED = 20_000  # sparse scenes for the operating point; bench/open_shelves_budget.py checks on others
+SPARSE_SEED = 20_000  # sparse scenes for the operating point ...
+SHAPE_CHECK_SEED = 10_000  # ... and others for the shape checks (shape_checks)
 
 
 def operating_point_set(
@@ -263,3 +269,60 @@ def evaluate_model(
         ]
         (out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     return report
+
+
+# Shelf density bands for reports: sparse piles and rows, ordinary shelves, dense library shelves.
+DENSITY_BANDS = (("<=10", 0, 10), ("11-30", 11, 30), (">30", 31, 10**9))
+
+
+def by_density(per_image: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Count MAE and bias (mean predicted - true) per density band of ``evaluate_model``'s ``per_image``."""
+    out = {}
+    for name, lo, hi in DENSITY_BANDS:
+        err = [r["predicted"] - r["true"] for r in per_image if lo <= r["true"] <= hi]
+        if err:
+            out[name] = {"photos": len(err), "count_mae": float(np.mean(np.abs(err))), "bias": float(np.mean(err))}
+    return out
+
+
+def shape_checks(predictor, version: DatasetVersion, split: str = "val") -> dict[str, dict[str, float]]:
+    """Count errors on photos unlike the sample's squares, made from ``split``'s photos.
+
+    ``strips``: the middle 3:1 strip of each photo, a book kept if a person would still count it
+    (:func:`trainer.data.crop`); ``sparse``: 0-6 of each photo's books on a book-free background
+    (3 per photo, seeds apart from the operating point's, :func:`trainer.data.sparse_scene`);
+    ``piles``: 1-5 whole books cover-on beside clutter (2 per photo, :func:`trainer.data.pile_scene`).
+    """
+    from trainer.data import crop, photos_with_masks, pile_scene, sparse_scene
+
+    truth: dict[str, list[int]] = {"strips": [], "sparse": [], "piles": []}
+    pred: dict[str, list[int]] = {"strips": [], "sparse": [], "piles": []}
+    for i, (photo, masks) in enumerate(photos_with_masks(version, split)):
+        w, h = photo.size
+        sh = round(w / 3)
+        strip, strip_masks = crop(photo, masks, (0, (h - sh) // 2, w, (h - sh) // 2 + sh))
+        truth["strips"].append(len(strip_masks))
+        pred["strips"].append(len(predictor.predict(strip)))
+        for k in range(3):
+            scene, scene_masks = sparse_scene(photo, masks, np.random.default_rng(SHAPE_CHECK_SEED + 3 * i + k))
+            truth["sparse"].append(len(scene_masks))
+            pred["sparse"].append(len(predictor.predict(scene)))
+        for k in range(2):
+            scene, scene_masks = pile_scene(photo, masks, np.random.default_rng(SHAPE_CHECK_SEED + 5000 + 2 * i + k))
+            truth["piles"].append(len(scene_masks))
+            pred["piles"].append(len(predictor.predict(scene)))
+    return {name: {**count_errors(truth[name], pred[name]), "photos": len(truth[name]), "books": sum(truth[name])} for name in truth}
+
+
+def accuracy_report(model_dir: Path, version: DatasetVersion, out_dir: Path | None = None) -> dict[str, Any]:
+    """What a recipe change is judged by: val and test metrics with their density bands, and the shape checks on val."""
+    from trainer.predictor import Predictor
+
+    meta = json.loads((model_dir / "model.json").read_text())
+    row: dict[str, Any] = {"model": str(model_dir), "epochs": meta.get("epochs_done"), "iterations": meta.get("iterations_done")}
+    for split in ("val", "test"):
+        r = evaluate_model(model_dir, version, split, out_dir=out_dir / split if out_dir else None, progress=False)
+        keep = ("count_mae", "baseline_count_mae", "segm_AP", "segm_AP50", "bbox_AP50", "threshold", "nms_iou", "images")
+        row[split] = {**{k: r["metrics"][k] for k in keep}, "density": by_density(r["per_image"])}
+    row["shapes"] = shape_checks(Predictor(model_dir, device="cpu"), version)
+    return row

@@ -71,12 +71,12 @@ class ModelConfig(Config):
     image_mean: tuple[float, float, float] | None = None  # None: what the backbone expects
     image_std: tuple[float, float, float] | None = None
 
-    @model_validator(mode="before")
     @classmethod
-    def _legacy(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "max_size" not in data and "image_size" in data:
-            data = {**data, "max_size": data["image_size"]}  # models from before max_size: longer side = image_size
-        return data
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """From model.json or a recipe; a model.json from before ``max_size`` had longer side = ``image_size``."""
+        if "max_size" not in data and "image_size" in data:
+            data = {**data, "max_size": data["image_size"]}
+        return super().from_dict(data)
 
     @field_validator("backbone")
     @classmethod

@@ -53,6 +53,7 @@ class TrainConfig(Config):
     frozen_stages: int = Field(2, ge=0)  # with pretrained weights: the stem and this many stages stay as loaded
     view_p: float = Field(0.25, ge=0, le=1)  # share of training photos cropped to another shape (trainer.data.random_view)
     sparse_p: float = Field(0.1, ge=0, le=1)  # share replaced by a sparse scene on a book-free background (trainer.data.sparse_scene)
+    pile_p: float = Field(0.0, ge=0, le=1)  # share replaced by whole books cover-on beside clutter (trainer.data.pile_scene)
     threads: int = Field(0, ge=0)  # 0: every core (see cpu_threads)
     # A safety cap, never the recipe: the run is sized by ``epochs`` (the LR schedule follows
     # the iterations), and stops early, mid-epoch if need be, only when this much wall-clock
@@ -230,7 +231,9 @@ def train(
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
 
-    dataset = BookDataset(version, "train", cfg.model, train=True, seed=cfg.seed, view_p=cfg.view_p, sparse_p=cfg.sparse_p)
+    dataset = BookDataset(
+        version, "train", cfg.model, train=True, seed=cfg.seed, view_p=cfg.view_p, sparse_p=cfg.sparse_p, pile_p=cfg.pile_p
+    )
     iters_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
     total = iters_per_epoch * cfg.epochs
     log(plan(cfg, len(dataset), total, run_dir.parent / THROUGHPUT_FILE))

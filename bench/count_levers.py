@@ -1,0 +1,95 @@
+"""Count-time levers, measured on one trained model without retraining it.
+
+For each photo of val (by density band) and of the shape checks made from val (strips, sparse
+scenes, piles: ``trainer.evaluate.shape_checks``' scenes), the count of the model as it is, and
+with each lever:
+- ``fragments``: where the photo looks sparse (at most ``--sparse-max`` books counted), drop a
+  detection whose mask lies mostly (``--contained``) inside a larger counted one: one book
+  split into strips counts once;
+- ``upscale``: where the photo looks dense (more than ``--dense-min`` books counted), count again
+  with the network's input ``--upscale`` times larger, so thin spines span more pixels.
+
+    .venv/bin/python -m bench.count_levers --model MODEL_DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from bookcounter.dataset_store import DatasetStore
+from bookcounter.settings import get_settings
+from trainer.data import crop, photos_with_masks, pile_scene, sparse_scene
+from trainer.evaluate import DENSITY_BANDS, SHAPE_CHECK_SEED
+from trainer.predictor import Instance, Predictor
+
+
+def without_fragments(instances: list[Instance], contained: float) -> list[Instance]:
+    """Keep the larger of two detections when the smaller lies mostly inside it."""
+    kept: list[Instance] = []
+    for inst in sorted(instances, key=lambda i: -int(i.mask.sum())):
+        area = max(1, int(inst.mask.sum()))
+        if all((inst.mask & k.mask).sum() / area < contained for k in kept):
+            kept.append(inst)
+    return kept
+
+
+def counts(predictor: Predictor, big: Predictor, photo, args) -> dict[str, int]:
+    found = predictor.predict(photo)
+    n = len(found)
+    return {
+        "as is": n,
+        "fragments": len(without_fragments(found, args.contained)) if n <= args.sparse_max else n,
+        "upscale": len(big.predict(photo)) if n > args.dense_min else n,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--dataset", default="v0001")
+    p.add_argument("--split", default="val", help="photos to measure on (default val: choose there, never on test)")
+    p.add_argument("--contained", type=float, default=0.8)
+    p.add_argument("--sparse-max", type=int, default=10)
+    p.add_argument("--dense-min", type=int, default=30)
+    p.add_argument("--upscale", type=float, default=1.5)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    warnings.filterwarnings("ignore")
+    predictor, big = Predictor(args.model, device="cpu"), Predictor(args.model, device="cpu")
+    big.config = big.config.model_copy(update={"image_size": round(big.config.image_size * args.upscale),
+                                               "max_size": round(big.config.max_size * args.upscale)})
+    version = DatasetStore.from_settings(get_settings()).get(args.dataset)
+    rows: dict[str, list[tuple[int, dict[str, int]]]] = defaultdict(list)
+    for i, (photo, masks) in enumerate(photos_with_masks(version, args.split)):
+        band = next(name for name, lo, hi in DENSITY_BANDS if lo <= len(masks) <= hi)
+        rows[f"{args.split} {band}"].append((len(masks), counts(predictor, big, photo, args)))
+        w, h = photo.size
+        sh = round(w / 3)
+        strip, strip_masks = crop(photo, masks, (0, (h - sh) // 2, w, (h - sh) // 2 + sh))
+        rows["strips"].append((len(strip_masks), counts(predictor, big, strip, args)))
+        for k in range(3):
+            scene, scene_masks = sparse_scene(photo, masks, np.random.default_rng(SHAPE_CHECK_SEED + 3 * i + k))
+            rows["sparse"].append((len(scene_masks), counts(predictor, big, scene, args)))
+        for k in range(2):
+            scene, scene_masks = pile_scene(photo, masks, np.random.default_rng(SHAPE_CHECK_SEED + 5000 + 2 * i + k))
+            rows["piles"].append((len(scene_masks), counts(predictor, big, scene, args)))
+    levers = ["as is", "fragments", "upscale"]
+    table = {}
+    print(f"{'photos':>14} {'n':>4} " + " ".join(f"{lever:>16}" for lever in levers))
+    for name, got in sorted(rows.items()):
+        table[name] = {lever: float(np.mean([abs(c[lever] - t) for t, c in got])) for lever in levers}
+        bias = {lever: float(np.mean([c[lever] - t for t, c in got])) for lever in levers}
+        print(f"{name:>14} {len(got):>4} " + " ".join(f"{table[name][lv]:>8.2f} ({bias[lv]:+5.2f})" for lv in levers))
+    print("count MAE (bias) per lever")
+    if args.out:
+        args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "mae": table}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
