@@ -79,7 +79,7 @@ def test_backup_while_running_wipe_restore(
         mask = np.zeros((64, 96), bool)
         mask[8:56, 10:24] = True
         ls.annotations.create(id=first, result=[brush_result(mask)], lead_time=3.0)
-        assert collect().version.name == "v0002"
+        assert collect(s).version.name == "v0002"
         mask[8:56, 40:52] = True
         ls.annotations.create(id=second, result=[brush_result(mask)], lead_time=4.0)  # only in Label Studio's database
         assert pending_annotations(s).count == 1
@@ -128,9 +128,9 @@ def test_backup_while_running_wipe_restore(
     try:
         assert annotations_of(s) == before["annotations"]
         assert pending_annotations(s).count == 1
-        made = collect()
+        made = collect(s)
         assert made is not None and made.version.name == "v0003"  # the annotation that was only in Label Studio
-        assert collect() is None  # and no duplicate version
+        assert collect(s) is None  # and no duplicate version
         assert [v.name for v in store.versions()] == ["v0001", "v0002", "v0003"]
     finally:
         stop_server(s)

@@ -46,7 +46,7 @@ def test_human_annotations_become_a_new_version_mask_for_mask(ls_settings: Setti
     report = prelabel(ls_settings, masker=Masker(None, BoxesFromLayout()))
     assert len(report.imported) == 3 and all(n > 0 for n in report.predictions.values())
     store = DatasetStore(ls_settings.datasets_dir)
-    assert collect() is None and store.versions() == []
+    assert collect(ls_settings) is None and store.versions() == []
 
     ls = client(ls_settings)
     tasks = {t.data["file_name"]: t for t in ls.tasks.list(project=ensure_project(ls_settings))}
@@ -72,7 +72,7 @@ def test_human_annotations_become_a_new_version_mask_for_mask(ls_settings: Setti
     )
     ls.annotations.create(id=tasks["skipped.jpg"].id, result=[brush_result(disc(30, 30, 9))], was_cancelled=True)
 
-    result = collect()
+    result = collect(ls_settings)
 
     assert result is not None and result.created and result.version.name == "v0001"
     assert result.report["empty_masks_skipped"] == 1
@@ -92,10 +92,10 @@ def test_human_annotations_become_a_new_version_mask_for_mask(ls_settings: Setti
     assert np.abs(stored_pixels - np.asarray(upright_phone, float)).mean() < 4, "stored photo is not the upright view"
 
     # nothing new: no version; a later correction of a task: a version with only the latest masks
-    assert collect() is None and len(store.versions()) == 1
+    assert collect(ls_settings) is None and len(store.versions()) == 1
     corrected = disc(40, 60, 12)
     ls.annotations.create(id=tasks["plain.jpg"].id, result=[brush_result(corrected)])
-    second = collect()
+    second = collect(ls_settings)
     assert second is not None and second.version.name == "v0002"
     _, got = stored_masks(second.version, tasks["plain.jpg"].data["sha256"])
     assert len(got) == 1 and iou(got[0], corrected) >= 0.99
@@ -119,7 +119,7 @@ def test_prelabel_recall_and_precision_are_recorded_per_version(ls_settings: Set
     added = brush_result(disc(80, 8, 5))  # a book the pre-label missed, and one mask deleted
     ls.annotations.create(id=tasks["q2.jpg"]["id"], result=[added, *shown["q2.jpg"][:-1]])
 
-    result = collect()
+    result = collect(ls_settings)
 
     q = result.version.manifest()["report"]["prelabel_quality"]
     per = {name: q["per_task"][str(t["id"])] for name, t in tasks.items()}

@@ -67,7 +67,7 @@ def test_counts_are_task_data_the_tab_lists_gaps_largest_first_and_annotations_s
         ls.annotations.create(id=tasks[name]["id"], result=result)
     before = annotations_of(ls_settings, [t["id"] for t in tasks.values()])
 
-    assert collect() is not None
+    assert collect(ls_settings) is not None
 
     data = {t.data["file_name"]: t.data for t in ls.tasks.list(project=project, fields="task_only", resolve_uri=False)}
     for name, gap in gaps.items():
@@ -94,7 +94,7 @@ def test_counts_are_task_data_the_tab_lists_gaps_largest_first_and_annotations_s
     assert annotations_of(ls_settings, [t["id"] for t in tasks.values()]) == before
     # a corrected annotation: its annotated count follows
     ls.annotations.create(id=tasks["s4.jpg"]["id"], result=tasks["s4.jpg"]["predictions"][0]["result"] + extra_masks(3))
-    assert collect() is not None
+    assert collect(ls_settings) is not None
     s4 = ls.tasks.get(id=str(tasks["s4.jpg"]["id"])).data
     assert (s4["annotated_count"], s4["count_gap"]) == (predicted["s4.jpg"] + 3, predicted["s4.jpg"] + 3 - 2)
     assert len(review_views(ls_settings, project)) == 1  # created once over four runs
