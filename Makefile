@@ -5,9 +5,9 @@ VENV := .venv
 LS_VENV := .venv-labelstudio
 LS_VERSION := 1.23.2
 
-.PHONY: setup demo test browser clean-state lint test-fast lock
+.PHONY: setup demo test browser postgresql clean-state lint test-fast lock
 
-setup: $(VENV)/.installed $(LS_VENV)/.installed browser
+setup: $(VENV)/.installed $(LS_VENV)/.installed browser postgresql
 
 $(VENV)/.installed: pyproject.toml requirements/app.lock
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ $(LS_VENV)/.installed: Makefile requirements/labelstudio.lock
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+
+# Debian's PostgreSQL server binaries (initdb, pg_ctl) for a team deployment (docs/postgres.md) and its
+# tests, which start a throwaway cluster of their own; the package's default cluster is not used.
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; }
 
 demo: setup
 	$(VENV)/bin/bookcounter demo

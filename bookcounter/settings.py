@@ -13,8 +13,9 @@ from __future__ import annotations
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlparse, urlunparse
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bookcounter.credentials import LabelStudioSecrets, load_or_create
@@ -58,7 +59,7 @@ class Settings(BaseSettings):
     ls_project_title: str = "Books"
     ls_venv: Path = Field(REPO_ROOT / ".venv-labelstudio", description="Venv holding the Label Studio server.")
     ls_database_url: str | None = Field(
-        None, description="postgresql://user:pw@host:port/db to use PostgreSQL instead of SQLite."
+        None, description="postgresql://user:pw@host:port/db: Label Studio's database on PostgreSQL instead of SQLite."
     )
 
     # --- ML backend (interactive SAM in Label Studio) ------------------------------------
@@ -72,6 +73,9 @@ class Settings(BaseSettings):
 
     # --- training / registry -------------------------------------------------------------
     mlflow_experiment: str = "bookcounter"
+    mlflow_database_url: str | None = Field(
+        None, description="postgresql://user:pw@host:port/db: MLflow's tracking store and registry on PostgreSQL instead of SQLite."
+    )
     registered_model_name: str = "bookcounter-maskrcnn"
     retrain_budget_images: int = Field(
         3000,
@@ -110,7 +114,14 @@ class Settings(BaseSettings):
 
     # --- prefect ---------------------------------------------------------------------------
     prefect_port: int = 4200
+    prefect_database_url: str | None = Field(
+        None, description="postgresql://user:pw@host:port/db: the Prefect server's database on PostgreSQL instead of SQLite."
+    )
     loop_cron: str = Field("0 2 * * *", description="When the scheduled loop runs (cron, local time).")
+    inbox_poll_seconds: float = Field(30, gt=0, description="How often `flows serve` pre-labels new inbox photos.")
+    annotation_poll_seconds: float = Field(
+        60, gt=0, description="How often `flows serve` counts new annotations (the webhook's backstop)."
+    )
     mlflow_ui_port: int = 5000
 
     # --- backups ---------------------------------------------------------------------------
@@ -119,6 +130,17 @@ class Settings(BaseSettings):
     )
     backup_keep: int = Field(7, ge=1, description="How many nightly backups are kept.")
     backup_cron: str = Field("30 1 * * *", description="When the nightly backup runs (cron, local time).")
+
+    @field_validator("ls_database_url", "mlflow_database_url", "prefect_database_url")
+    @classmethod
+    def _postgresql_url(cls, url: str | None) -> str | None:
+        """A PostgreSQL URL with a database name (any driver suffix dropped), or None for SQLite."""
+        if not url:
+            return None
+        parsed = urlparse(url)
+        if parsed.scheme.split("+")[0] not in ("postgres", "postgresql") or not parsed.path.strip("/"):
+            raise ValueError(f"{url!r}: expected postgresql://user:password@host:port/database")
+        return urlunparse(parsed._replace(scheme="postgresql"))
 
     # --- derived paths (not settable on their own: move state_dir instead) ----------------
     @property
@@ -148,6 +170,9 @@ class Settings(BaseSettings):
 
     @property
     def mlflow_tracking_uri(self) -> str:
+        """MLflow's tracking and registry store: ``mlflow_database_url`` (with psycopg2), else SQLite under ``mlflow_dir``."""
+        if self.mlflow_database_url:
+            return self.mlflow_database_url.replace("postgresql://", "postgresql+psycopg2://", 1)
         return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
 
     @property
@@ -163,6 +188,11 @@ class Settings(BaseSettings):
     def backups_dir(self) -> Path:
         """Nightly backups: outside the state dir, so losing it does not lose them."""
         return self.backup_dir or self.state_dir.with_name(f"{self.state_dir.name}-backups")
+
+    @property
+    def prefect_database_connection_url(self) -> str | None:
+        """``PREFECT_API_DATABASE_CONNECTION_URL`` for ``prefect_database_url`` (asyncpg); None: Prefect's SQLite."""
+        return self.prefect_database_url and self.prefect_database_url.replace("postgresql://", "postgresql+asyncpg://", 1)
 
     @property
     def prefect_home(self) -> Path:

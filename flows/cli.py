@@ -69,10 +69,11 @@ def run_flow(
 
 @flows_app.command("serve")
 def serve_flows() -> None:
-    """Serve all deployments until Ctrl-C: prelabel every 30 s (inbox watch), the annotation count
-    every minute, the loop nightly (BOOKCOUNTER_LOOP_CRON) and on each bookcounter.annotations.ready
-    event (enough new annotations, or "Start training"), a backup nightly (BOOKCOUNTER_BACKUP_CRON,
-    into BOOKCOUNTER_BACKUP_DIR), collect/retrain on demand.
+    """Serve all deployments until Ctrl-C: prelabel every 30 s (inbox watch,
+    BOOKCOUNTER_INBOX_POLL_SECONDS), the annotation count every minute
+    (BOOKCOUNTER_ANNOTATION_POLL_SECONDS), the loop nightly (BOOKCOUNTER_LOOP_CRON) and on each
+    bookcounter.annotations.ready event (enough new annotations, or "Start training"), a backup
+    nightly (BOOKCOUNTER_BACKUP_CRON, into BOOKCOUNTER_BACKUP_DIR), collect/retrain on demand.
 
     Schedules need Prefect's scheduler, which the temporary (ephemeral) server does not run, so
     this first starts the Prefect server and UI in the background (as `bookcounter ui prefect`)."""

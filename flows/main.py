@@ -97,7 +97,7 @@ def backup_command(
     dest: Path = typer.Argument(..., help="New folder to write the backup to (must not exist)."),
 ) -> None:
     """Back up the human work while the services run: Label Studio's and MLflow's databases (SQLite's
-    online backup), the uploaded photos, model files, dataset versions, decision log, pending inbox
+    online backup, or pg_dump for PostgreSQL: docs/postgres.md), the uploaded photos, model files, dataset versions, decision log, pending inbox
     photos and secrets, with a manifest (sizes, sha256). See 'bookcounter restore'."""
     from bookcounter.settings import get_settings
     from flows.state_backup import backup, summary
@@ -110,7 +110,9 @@ def restore_command(
     src: Path = typer.Argument(..., help="A folder written by 'bookcounter backup'."),
 ) -> None:
     """Restore a backup into the state dir (BOOKCOUNTER_STATE_DIR), which must be empty. Every file
-    is checked against the manifest first; then start the services again ('bookcounter labelstudio start')."""
+    is checked against the manifest first; a PostgreSQL dump goes into the (empty) database that
+    BOOKCOUNTER_LS_DATABASE_URL / BOOKCOUNTER_MLFLOW_DATABASE_URL name. Then start the services again
+    ('bookcounter labelstudio start')."""
     from bookcounter.settings import get_settings
     from flows.state_backup import restore, summary
     from trainer.registry import relocate_artifacts

@@ -5,6 +5,10 @@ What goes in (paths relative to the state dir), in this order:
 - ``label-studio/``: its SQLite database through SQLite's online backup API (a consistent
   copy while Label Studio writes), then its media (the uploaded photos the tasks show);
 - ``mlflow/``: the tracking/registry database the same way, then the artifacts (model files);
+- a database on PostgreSQL (``ls_database_url``, ``mlflow_database_url``) instead goes in as
+  ``postgres/<label-studio|mlflow>.dump``: ``pg_dump``'s custom format, one consistent snapshot,
+  taken where the SQLite copy would be; ``restore`` loads it with ``pg_restore`` into the
+  database the restoring settings name, which must be empty;
 - ``registry/decisions.jsonl``: the promotion decisions (after MLflow: a decision whose alias
   switch is not in the database copy is the state a crash before the switch leaves);
 - ``datasets/``: the versions and their images, copied under the dataset store's lock, so
@@ -14,7 +18,8 @@ What goes in (paths relative to the state dir), in this order:
 
 Left out, all rebuilt or re-fetched: ``runs/`` (training work dirs; the models are in MLflow's
 artifacts), ``models/`` (downloaded weights: ``bookcounter setup-models``), ``cache/``,
-``prefect/`` (flow-run history) and ``run/`` (pid files, logs).
+``prefect/`` (flow-run history; on PostgreSQL, ``prefect_database_url``, neither) and ``run/``
+(pid files, logs).
 
 A backup is a folder: ``manifest.json`` (when, from where, and every file's size, sha256 and
 mode) and ``files/`` (the copies). It is written under a temporary name and renamed when
@@ -29,11 +34,11 @@ import shutil
 import sqlite3
 import stat
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bookcounter.atomic import TMP_PREFIX, atomic_write
+from bookcounter import postgres
 from bookcounter.errors import UserError
 from bookcounter.images import sha256_file
 from bookcounter.locks import file_lock
@@ -43,6 +48,9 @@ MANIFEST = "manifest.json"
 FILES = "files"
 SQLITE_HEADER = b"SQLite format 3\x00"
 SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+TMP_PREFIX = ".tmp-"
+PG_DIR = "postgres"  # in a backup: postgres/<name>.dump, pg_dump of the database of that name
+DATABASES = {"label-studio": "ls_database_url", "mlflow": "mlflow_database_url"}  # name -> its Settings field
 
 
 class BackupError(UserError):
@@ -54,30 +62,53 @@ def backup(settings: Settings, dest: Path) -> dict[str, Any]:
     dest = Path(dest)
     if dest.exists():
         raise BackupError(f"{dest} exists already; back up into a new folder")
-    for stale in dest.parent.glob(f"{TMP_PREFIX}{dest.name}-*"):  # left by a backup that was killed
-        shutil.rmtree(stale)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f"{TMP_PREFIX}{dest.name}")
+    if tmp.exists():  # left by a backup that was killed
+        shutil.rmtree(tmp)
+    tmp.mkdir(mode=0o700)
     state = settings.state_dir
     files: dict[str, dict[str, Any]] = {}
-    with atomic_write(dest, directory=True) as tmp:
+    databases = _postgres(settings)
+    try:
         for rel in _sources(settings):
-            files[rel] = _copy_one(state / rel, tmp / FILES / rel)
+            if rel.startswith(f"{PG_DIR}/"):
+                files[rel] = _dump_one(databases[Path(rel).stem], tmp / FILES / rel)
+            else:
+                files[rel] = _copy_one(state / rel, tmp / FILES / rel)
         manifest = {
-            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "state_dir": str(state),
-            "label_studio_database": "postgresql (not in this backup: use pg_dump)"
-            if settings.ls_database_url
-            else "sqlite",
+            "databases": {
+                **{name: "postgresql" if name in databases else "sqlite" for name in DATABASES},
+                "prefect": "left out (flow-run history)",
+            },
             "files": files,
             "total_bytes": sum(f["size"] for f in files.values()),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        os.rename(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return manifest
 
 
+def _postgres(settings: Settings) -> dict[str, str]:
+    """Name -> URL of the databases on PostgreSQL in these settings."""
+    return {name: url for name, field in DATABASES.items() if (url := getattr(settings, field))}
+
+
 def _sources(settings: Settings) -> Iterator[str]:
-    """Relative paths of the files to back up, in the order that keeps the copy consistent."""
+    """Relative paths of the files to back up, in the order that keeps the copy consistent
+    (``postgres/<name>.dump``: a database to dump)."""
     state = settings.state_dir
+    databases = _postgres(settings)
+    if "label-studio" in databases:
+        yield f"{PG_DIR}/label-studio.dump"
     yield from _tree(state, settings.ls_data_dir)
+    if "mlflow" in databases:
+        yield f"{PG_DIR}/mlflow.dump"
     yield from _tree(state, settings.mlflow_dir)
     if settings.decision_log.is_file():
         yield str(settings.decision_log.relative_to(state))
@@ -126,6 +157,14 @@ def _copy_one(src: Path, dst: Path) -> dict[str, Any]:
     return {"kind": kind, "size": dst.stat().st_size, "sha256": sha256_file(dst), "mode": oct(mode)}
 
 
+def _dump_one(url: str, dst: Path) -> dict[str, Any]:
+    """``pg_dump`` one database into ``dst``; its size, sha256 and mode, as for a copied file."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    postgres.dump(url, dst)
+    os.chmod(dst, 0o600)
+    return {"kind": "pg_dump", "size": dst.stat().st_size, "sha256": sha256_file(dst), "mode": oct(0o600)}
+
+
 def _is_sqlite(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
@@ -141,23 +180,35 @@ def read_manifest(src: Path) -> dict[str, Any]:
 def restore(settings: Settings, src: Path) -> dict[str, Any]:
     """Bring the backup ``src`` back into ``settings.state_dir``, which must be empty (or not exist).
 
-    Every file is checked against the manifest's sha256 before anything is written.
-    Returns the manifest.
+    Every file is checked against the manifest's sha256 before anything is written. A PostgreSQL
+    dump is loaded with ``pg_restore`` into the database these settings name for it, which must
+    be empty (create it first: docs/postgres.md). Returns the manifest.
     """
     src = Path(src)
     manifest = read_manifest(src)
     state = settings.state_dir
     if state.exists() and any(state.iterdir()):
-        raise BackupError(
-            f"state dir {state} is not empty; restore only into an empty one (or a new BOOKCOUNTER_STATE_DIR)"
-        )
+        raise BackupError(f"state dir {state} is not empty; restore only into an empty one (or a new BOOKCOUNTER_STATE_DIR)")
     for rel, info in manifest["files"].items():
         path = src / FILES / rel
         if not path.is_file():
             raise BackupError(f"{src}: {rel} is missing from the backup")
         if sha256_file(path) != info["sha256"]:
             raise BackupError(f"{src}: {rel} does not match its sha256 in the manifest; the backup is damaged")
+    dumps = {Path(rel).stem: src / FILES / rel for rel, info in manifest["files"].items() if info["kind"] == "pg_dump"}
+    databases = _postgres(settings)
+    for name in dumps:
+        if name not in databases:
+            raise BackupError(f"{src} holds {name}'s PostgreSQL database: set BOOKCOUNTER_{DATABASES[name].upper()} "
+                              "to an empty database to restore it into")
+        if postgres.table_count(databases[name]):
+            raise BackupError(f"{name}'s database {postgres.split_password(databases[name])[0]} is not empty; "
+                              "restore only into an empty one")
+    for name, dump in dumps.items():
+        postgres.restore(databases[name], dump)
     for rel, info in manifest["files"].items():
+        if info["kind"] == "pg_dump":
+            continue
         dst = state / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src / FILES / rel, dst)
@@ -172,7 +223,7 @@ def dated_backup(settings: Settings, root: Path, keep: int) -> tuple[Path, dict[
     """
     if keep < 1:
         raise BackupError(f"keep must be at least 1 (got {keep})")
-    dest = Path(root) / (datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z")
+    dest = Path(root) / (datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z")
     manifest = backup(settings, dest)
     finished = sorted(p for p in Path(root).iterdir() if p.is_dir() and (p / MANIFEST).is_file())
     removed = finished[:-keep]

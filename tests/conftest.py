@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,8 +12,10 @@ from pathlib import Path
 import pytest
 
 # Before any test module is imported (some import Prefect): all state goes to a
-# temp dir for the whole session, so tests never touch ./var.
+# temp dir for the whole session, so tests never touch ./var. It is removed when the process
+# exits, after Prefect's temporary server (started later, so stopped earlier by atexit) is gone.
 SESSION_STATE_DIR = Path(tempfile.mkdtemp(prefix="bookcounter-tests-"))
+atexit.register(shutil.rmtree, SESSION_STATE_DIR, ignore_errors=True)
 os.environ["BOOKCOUNTER_STATE_DIR"] = str(SESSION_STATE_DIR)
 # The session's own Label Studio password and token (no install shares them), in the
 # environment so that every state dir of the session, and every process it starts, uses them.
@@ -27,7 +31,10 @@ from flows.prefect_server import configure_prefect  # noqa: E402
 
 configure_prefect(get_settings())  # as bookcounter's entry point does, before Prefect is imported
 
-pytest_plugins: list[str] = ["fixtures_labelstudio", "fixtures_sam", "fixtures_trainer", "fixtures_serving"]
+pytest_plugins: list[str] = [
+    "fixtures_labelstudio", "fixtures_sam", "fixtures_trainer", "fixtures_serving", "fixtures_postgres",
+    "fixtures_prefect",
+]
 
 SAMPLE_DIR = Path(os.environ.get("BOOKCOUNTER_SAMPLE_DIR", REPO_ROOT.parent / "shared" / "data" / "open-shelves"))
 

@@ -78,13 +78,14 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> TinyDataset:
     return make_synthetic_store(tmp_path_factory.mktemp("tiny-datasets"), {"train": 10, "val": 6, "test": 12})
 
 
-def tiny_train_config(dataset: str, epochs: int = 16, seed: int = 0):
+def tiny_train_config(dataset: str, epochs: int = 16, seed: int = 0, device: str = "cpu"):
     """The small, fast recipe the fixtures use (ResNet18-FPN from scratch, 96 px, width 32)."""
     from trainer.model import ModelConfig
     from trainer.train import TrainConfig
 
     return TrainConfig(
         dataset=dataset,
+        device=device,
         model=ModelConfig(
             backbone="resnet18_fpn",
             image_size=TINY_SIZE,

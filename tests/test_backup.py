@@ -32,7 +32,7 @@ LS_START_TIMEOUT_S = 300.0  # a cold start on a fresh database, on a shared 2-co
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([BOOKCOUNTER, *args], capture_output=True, text=True, cwd=REPO_ROOT)
+    return subprocess.run([BOOKCOUNTER, *args], capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
 
 
 def annotations_of(settings: Settings) -> dict[int, list]:

@@ -7,9 +7,11 @@ import csv
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cloudpickle
@@ -101,7 +103,12 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path: Path, tiny_champ
     args = [str(BOOKCOUNTER), "count", str(photos), "--out", str(out), "--format", "json", "--overlays", str(overlays)]
     proc = subprocess.Popen(args, cwd=tmp_path, stderr=subprocess.PIPE)
     seen = b""
+    deadline = time.monotonic() + 300
     while not re.search(rb"\b([3-9]|\d\d)/40\b", seen):  # tqdm says three photos are done
+        left = deadline - time.monotonic()
+        assert left > 0, f"bookcounter count did not finish three photos within 300 s: {seen.decode(errors='replace')[-2000:]}"
+        if not select.select([proc.stderr], [], [], left)[0]:
+            continue
         chunk = os.read(proc.stderr.fileno(), 4096)
         assert chunk, f"bookcounter count ended early: {seen.decode(errors='replace')[-2000:]}"
         seen += chunk

@@ -51,7 +51,7 @@ def _cli(*args: str, state: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "BOOKCOUNTER_STATE_DIR": str(state)}
     return subprocess.run(
         [sys.executable, "-c", "from flows.main import main; main()", *args],
-        capture_output=True, text=True, env=env,
+        capture_output=True, text=True, env=env, timeout=300,
     )
 
 

@@ -184,5 +184,5 @@ def test_importing_the_flows_leaves_the_environment_alone(tmp_path: Path) -> Non
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env["BOOKCOUNTER_STATE_DIR"] = str(tmp_path / "var")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.strip() == "[]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -13,14 +14,28 @@ from bookcounter.settings import Settings
 from bookcounter.testing import free_port
 
 
+class RecordedSleeps:
+    """The ``time`` module as one module sees it, with ``sleep`` recorded instead of slept."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+    def __getattr__(self, name: str):
+        return getattr(time, name)
+
+
 @pytest.fixture
 def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """Every backoff the SDK's HTTP client would sleep, recorded instead of slept."""
+    """Every backoff the SDK's HTTP client would sleep, recorded instead of slept (only that
+    module's ``time`` is replaced: every other sleep of the process still sleeps)."""
     import label_studio_sdk.core.http_client as sdk_http
 
-    recorded: list[float] = []
-    monkeypatch.setattr(sdk_http.time, "sleep", recorded.append)
-    return recorded
+    clock = RecordedSleeps()
+    monkeypatch.setattr(sdk_http, "time", clock)
+    return clock.waits
 
 
 @pytest.mark.parametrize("request_kind", ["sdk method", "raw request"])

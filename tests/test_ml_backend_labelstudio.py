@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 from bad_images import BOMB_MESSAGE, TINY_MESSAGE, bomb_png, tiny_jpeg
+from fixtures_serving import running_server
 from label_studio_sdk.converter import brush
 from PIL import Image
 
@@ -24,7 +25,7 @@ from annotator.labelstudio.ml_backend_link import connect_ml_backend
 from annotator.labelstudio.project import create_task, ensure_project, upload_photo
 from bookcounter.images import sha256_bytes
 from bookcounter.settings import Settings, get_settings
-from bookcounter.testing import free_port, uvicorn_in_thread
+from bookcounter.testing import free_port
 from serving.ml_backend.backend import TITLE
 from serving.ml_backend.server import create_app, start_backend, stop_backend
 from trainer.registry import load_predictor
@@ -48,7 +49,7 @@ def sam_backend(labelstudio: Settings, tmp_path_factory: pytest.TempPathFactory)
 @contextmanager
 def backend_in_thread(settings: Settings) -> Iterator[str]:
     """A no-SAM backend served by uvicorn in a thread of this process; yields its URL."""
-    with uvicorn_in_thread(create_app(settings)) as url:  # no checkpoint in a test state dir: no SAM
+    with running_server(create_app(settings)) as url:  # no checkpoint in a test state dir: no SAM
         yield url
 
 
@@ -292,12 +293,26 @@ def test_without_sam_a_box_and_a_click_are_answered_by_the_champion(
             # a negative click inside that book rules its detection out; the photo's detections are reused
             ys, xs = np.nonzero(expected.mask)
             far = np.argmax((xs - point[0]) ** 2 + (ys - point[1]) ** 2)
-            negative = kp(100 * (xs[far] + 0.5) / w, 100 * (ys[far] + 0.5) / h, positive=False)
+            nx, ny = int(xs[far]), int(ys[far])
+            negative = kp(100 * (nx + 0.5) / w, 100 * (ny + 0.5) / h, positive=False)
             other = interactive(settings, backend_id, task["id"], [kp(x, y), negative])
-            got = other["data"]["result"]
-            assert not got or not np.array_equal(
-                brush.decode_rle(got[0]["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 127, mask
-            )
+            assert "error" not in other["data"], other
+            (result,) = other["data"]["result"]
+            got = brush.decode_rle(result["value"]["rle"]).reshape(h, w, 4)[:, :, 3] > 127
+            assert got.any() and not np.array_equal(got, expected.mask)
+            # the answer: the best-scoring other detection holding the click and not the negative
+            # point, else the mask head's mask in a typical book's box around the click (score 0)
+            instances = champion.predict(image)
+            rest = [i for i in instances if i.mask[point[1], point[0]] and not i.mask[ny, nx]]
+            if rest:
+                best = max(rest, key=lambda i: i.score)
+                assert np.array_equal(got, best.mask) and result["score"] == pytest.approx(best.score)
+            else:
+                assert result["score"] == 0
+                bw, bh = np.median([(i.box[2] - i.box[0], i.box[3] - i.box[1]) for i in instances], axis=0)
+                gy, gx = np.nonzero(got)  # 2 px: the mask head pastes into a slightly widened, whole-pixel box
+                assert point[0] - bw / 2 - 2 <= gx.min() and gx.max() <= point[0] + bw / 2 + 2
+                assert point[1] - bh / 2 - 2 <= gy.min() and gy.max() <= point[1] + bh / 2 + 2
             assert httpx.get(f"{url}/health", timeout=5).json()["detector_calls"] == 1
     finally:
         get_settings.cache_clear()

@@ -69,6 +69,35 @@ def test_photos_become_tasks_with_sam_predictions_once(ls_settings: Settings, se
     assert not any(inbox.glob("*.jpg"))
 
 
+def test_before_any_model_the_sam_point_grid_makes_the_predictions(
+    ls_settings: Settings, segmenter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Path (b): no champion yet, so SAM's point grid proposes the masks (Masker -> Segmenter.generate).
+    The random-init test model predicts low IoUs, so its two quality thresholds are relaxed; the
+    grid, the book-shape filters, NMS and the overlap removal run as they do for real."""
+    from annotator.sam.auto_masks import BookMaskParams, generate_book_masks
+
+    relaxed = BookMaskParams(pred_iou_thresh=-10, stability_score_thresh=-1)
+    monkeypatch.setattr(segmenter, "generate", lambda emb: generate_book_masks(segmenter, emb, relaxed))
+    inbox = ls_settings.inbox_dir
+    photos = [save_photo(shelf_photo(160, 120, seed=60 + i), inbox / f"grid{i}.jpg", quality=92) for i in range(2)]
+
+    report = prelabel(ls_settings, masker=Masker(segmenter, None))
+
+    assert sorted(report.imported) == sorted(p.name for p in photos) and report.model_version == "sam-vit_t"
+    tasks = tasks_of(ls_settings)
+    assert len(tasks) == 2
+    for t in tasks:
+        assert "predicted_count" not in t["data"]  # no champion, no count
+        (pred,) = t["predictions"]
+        assert pred["model_version"] == "sam-vit_t"
+        assert len(pred["result"]) == report.predictions[t["data"]["file_name"]] > 0
+        masks = [result_mask(r, 120, 160) for r in pred["result"]]
+        assert all(m.any() and (r["original_width"], r["original_height"]) == (160, 120) for m, r in zip(masks, pred["result"]))
+        assert all(m.sum() <= relaxed.max_area_frac * 160 * 120 * 1.1 for m in masks)  # the shape filters ran
+        assert pred["score"] == pytest.approx(np.mean([r["score"] for r in pred["result"]]), abs=1e-6)
+
+
 def test_a_6000px_photo_is_segmented_at_full_size(ls_settings: Settings, segmenter) -> None:
     save_photo(shelf_photo(6000, 1500, seed=7), ls_settings.inbox_dir / "wide.jpg", quality=85)
     report = prelabel(ls_settings, masker=Masker(segmenter, BoxesFromLayout(max_boxes=1)))
@@ -171,7 +200,8 @@ def test_label_studio_restarting_mid_import(ls_settings: Settings, labelstudio: 
         save_photo(shelf_photo(96, 64, seed=30 + i), ls_settings.inbox_dir / f"r{i}.jpg")
     masker = RestartingMasker(labelstudio)
     report = prelabel(ls_settings, masker=masker)
-    masker.restart.join()
+    masker.restart.join(timeout=300)  # start_server waits for /health itself; this bounds the rest
+    assert not masker.restart.is_alive(), "Label Studio's restart did not finish within 300 s"
     assert len(report.imported) == 3
     tasks = tasks_of(ls_settings)
     assert len(tasks) == len({t["data"]["sha256"] for t in tasks}) == 3

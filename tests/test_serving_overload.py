@@ -81,7 +81,7 @@ def test_a_burst_past_the_bound_gets_503_at_once_while_the_photos_in_flight_are_
         second = pool.submit(post_good, url)
         assert gate.arrivals.acquire(timeout=60)  # both slots are held by photos at the model
         burst = [pool.submit(post_good, url) for _ in range(8)]
-        refused = [f.result() for f in burst]  # all answered while both are still held at the gate
+        refused = [f.result(timeout=120) for f in burst]  # all answered while both are still held at the gate
         assert not first.done() and not second.done()
         for r in refused:
             assert r.status_code == 503, r.text
@@ -89,7 +89,7 @@ def test_a_burst_past_the_bound_gets_503_at_once_while_the_photos_in_flight_are_
             assert "busy" in r.json()["detail"] and "BOOKCOUNTER_MAX_IN_FLIGHT" in r.json()["detail"]
         assert served.metric("bookcounter_count_in_flight") == 2
         gate.release.set()
-        for r in (first.result(), second.result()):
+        for r in (first.result(timeout=120), second.result(timeout=120)):
             assert r.status_code == 200 and r.json()["count"] == expected
         assert post_good(url).status_code == 200  # the slots are free again
         assert served.metric("bookcounter_count_busy_total") == 8
@@ -126,7 +126,7 @@ def test_an_upload_still_streaming_holds_its_slot(tiny_champion) -> None:
         busy = post_good(url)
         assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
         more.set()
-        assert streaming.result().status_code == 200
+        assert streaming.result(timeout=120).status_code == 200
         assert post_good(url).status_code == 200
 
 

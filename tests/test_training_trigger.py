@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,21 +25,9 @@ from annotator.labelstudio.ml_backend_link import connect_ml_backend
 from annotator.labelstudio.project import ensure_project
 from bookcounter.settings import Settings, get_settings
 from bookcounter.testing import free_port
-from flows.prefect_server import prefect_ui_server, start_ui
 from serving.ml_backend.backend import TITLE
 
 RUN_WAIT_S = 60  # the automation makes the run well within a second; this is the failure deadline
-
-
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """A Prefect server of its own (the triggers service on), started once per session."""
-    server = Settings(state_dir=tmp_path_factory.mktemp("prefect"), prefect_port=free_port())
-    start_ui(server)
-    try:
-        yield server
-    finally:
-        prefect_ui_server(server).stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@
 (SQLite, uploaded photos) under ``settings.ls_data_dir``, the admin user and a legacy API token
 bootstrapped from ``settings.ls_secrets`` (generated per install into ``secrets.env``), a pid
 file and a log under ``settings.run_dir``. Setting
-``BOOKCOUNTER_LS_DATABASE_URL=postgresql://user:pw@host:5432/db`` makes it use PostgreSQL.
+``BOOKCOUNTER_LS_DATABASE_URL=postgresql://user:pw@host:5432/db`` makes it use PostgreSQL
+(docs/postgres.md).
 """
 
 from __future__ import annotations
@@ -85,11 +86,7 @@ def server_env(settings: Settings) -> dict[str, str]:
         "PYTHONPATH": "",
     }
     if settings.ls_database_url:
-        url = urlparse(settings.ls_database_url)
-        if url.scheme not in ("postgres", "postgresql") or not url.path.strip("/"):
-            raise LabelStudioError(
-                f"ls_database_url {settings.ls_database_url!r}: expected postgresql://user:password@host:port/database"
-            )
+        url = urlparse(settings.ls_database_url)  # a postgresql:// URL with a database: Settings checks it
         env.update(
             {
                 "DJANGO_DB": "default",
