@@ -1,11 +1,11 @@
 """Count-time levers, measured on one trained model without retraining it.
 
 For each photo of val (by density band) and of the shape checks made from val (strips, sparse
-scenes, piles: ``trainer.evaluate.shape_checks``' scenes), the count of the model as it is, and
-with each lever:
-- ``fragments``: where the photo looks sparse (at most ``--sparse-max`` books counted), drop a
-  detection whose mask lies mostly (``--contained``) inside a larger counted one: one book
-  split into strips counts once;
+scenes, piles: ``trainer.evaluate.shape_checks``' scenes), the count with each lever:
+- ``detections``: every detection at the counting threshold counts;
+- ``whole books``: as the product counts (``Predictor.predict``): where the photo looks sparse, a
+  detection whose mask lies mostly inside a larger counted one is a fragment, not a book
+  (``trainer.predictor.whole_books``): one book split into strips counts once;
 - ``upscale``: where the photo looks dense (more than ``--dense-min`` books counted), count again
   with the network's input ``--upscale`` times larger, so thin spines span more pixels.
 
@@ -26,25 +26,14 @@ from bookcounter.dataset_store import DatasetStore
 from bookcounter.settings import get_settings
 from trainer.data import crop, photos_with_masks, pile_scene, sparse_scene
 from trainer.evaluate import DENSITY_BANDS, SHAPE_CHECK_SEED
-from trainer.predictor import Instance, Predictor
-
-
-def without_fragments(instances: list[Instance], contained: float) -> list[Instance]:
-    """Keep the larger of two detections when the smaller lies mostly inside it."""
-    kept: list[Instance] = []
-    for inst in sorted(instances, key=lambda i: -int(i.mask.sum())):
-        area = max(1, int(inst.mask.sum()))
-        if all((inst.mask & k.mask).sum() / area < contained for k in kept):
-            kept.append(inst)
-    return kept
+from trainer.predictor import Predictor
 
 
 def counts(predictor: Predictor, big: Predictor, photo, args) -> dict[str, int]:
-    found = predictor.predict(photo)
-    n = len(found)
+    n = len(predictor.predict(photo))
     return {
-        "as is": n,
-        "fragments": len(without_fragments(found, args.contained)) if n <= args.sparse_max else n,
+        "detections": len(predictor.predict(photo, threshold=predictor.threshold)),
+        "whole books": n,
         "upscale": len(big.predict(photo)) if n > args.dense_min else n,
     }
 
@@ -54,8 +43,6 @@ def main() -> None:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--dataset", default="v0001")
     p.add_argument("--split", default="val", help="photos to measure on (default val: choose there, never on test)")
-    p.add_argument("--contained", type=float, default=0.8)
-    p.add_argument("--sparse-max", type=int, default=10)
     p.add_argument("--dense-min", type=int, default=30)
     p.add_argument("--upscale", type=float, default=1.5)
     p.add_argument("--out", type=Path)
@@ -79,7 +66,7 @@ def main() -> None:
         for k in range(2):
             scene, scene_masks = pile_scene(photo, masks, np.random.default_rng(SHAPE_CHECK_SEED + 5000 + 2 * i + k))
             rows["piles"].append((len(scene_masks), counts(predictor, big, scene, args)))
-    levers = ["as is", "fragments", "upscale"]
+    levers = ["detections", "whole books", "upscale"]
     table = {}
     print(f"{'photos':>14} {'n':>4} " + " ".join(f"{lever:>16}" for lever in levers))
     for name, got in sorted(rows.items()):

@@ -84,7 +84,7 @@ class Settings(BaseSettings):
         "(trainer.train.retrain_policy).",
     )
     promote_confidence: float = Field(
-        0.9,
+        0.8,
         gt=0,
         lt=1,
         description="Level of the paired bootstrap interval the promotion gate judges by (trainer/promote.py).",

@@ -112,7 +112,7 @@ def promote_command(
 ) -> None:
     """Evaluate the candidate and the champion on the candidate's test split; promote only if better.
 
-    Rule: on the same photos, the paired bootstrap interval (BOOKCOUNTER_PROMOTE_CONFIDENCE, 0.9) of
+    Rule: on the same photos, the paired bootstrap interval (BOOKCOUNTER_PROMOTE_CONFIDENCE, 0.8) of
     the difference in per-photo count error lies wholly below -BOOKCOUNTER_PROMOTE_MAE_MARGIN, and mask
     AP is not lower by more than BOOKCOUNTER_PROMOTE_AP_TOLERANCE; the first model must beat the
     train-median baseline the same way. "Too close to tell" keeps the champion, and says so.

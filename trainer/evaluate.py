@@ -24,6 +24,8 @@ from bookcounter.images import read_image
 from trainer.model import DEFAULT_NMS_IOU
 
 MIN_SCORE = 0.05
+SPARSE_SEED = 20_000  # sparse scenes for the operating point ...
+SHAPE_CHECK_SEED = 10_000  # ... and others for the shape checks (shape_checks)
 THRESHOLDS = [round(0.05 * i, 2) for i in range(1, 20)]  # 0.05 .. 0.95
 # NMS IoUs tried for counting: books lean on each other (tilted neighbours' boxes overlap a lot)
 # while a weak model also puts two boxes on one wide book; which wins is a property of the model.
@@ -90,12 +92,35 @@ def true_counts(gt: dict[str, Any]) -> dict[int, int]:
     return counts
 
 
-def predicted_counts(gt: dict[str, Any], results: list[dict[str, Any]], threshold: float) -> dict[int, int]:
-    counts = {im["id"]: 0 for im in gt["images"]}
+def predicted_counts(gt: dict[str, Any], results: list[dict[str, Any]], threshold: float, whole: bool = False) -> dict[int, int]:
+    """Books counted per photo, as :meth:`trainer.predictor.Predictor.predict` counts them
+    (``whole``: without fragments of a book, :func:`trainer.predictor.whole_books`)."""
+    from trainer.predictor import whole_books
+
+    counted: dict[int, list[np.ndarray]] = {im["id"]: [] for im in gt["images"]}
     for r in results:
         if r["score"] >= threshold:
-            counts[r["image_id"]] += 1
-    return counts
+            counted[r["image_id"]].append(rle.decode(r["segmentation"]) if whole else np.zeros(0, bool))
+    return {i: len(whole_books(m)) if whole else len(m) for i, m in counted.items()}
+
+
+def choose_whole_books(predictor, version: DatasetVersion, val_results: list[dict[str, Any]], seed: int = SPARSE_SEED) -> bool:
+    """Whether the model counts better on val and its sparse scenes (those of the operating point)
+    when a detection mostly inside a larger one is a fragment, not a book."""
+    from trainer.data import photos_with_masks, sparse_scene
+    from trainer.predictor import whole_books
+
+    gt = version.coco("val")
+    truth = list(true_counts(gt).values())
+    plain = list(predicted_counts(gt, val_results, predictor.threshold).values())
+    whole = list(predicted_counts(gt, val_results, predictor.threshold, whole=True).values())
+    for k, (photo, masks) in enumerate(photos_with_masks(version, "val")):
+        scene, books = sparse_scene(photo, masks, np.random.default_rng(seed + k))
+        found = predictor.predict(scene, threshold=predictor.threshold)
+        truth.append(len(books))
+        plain.append(len(found))
+        whole.append(len(whole_books([f.mask for f in found])))
+    return count_errors(truth, whole)["count_mae"] < count_errors(truth, plain)["count_mae"]
 
 
 def count_errors(true: list[int], pred: list[int]) -> dict[str, float]:
@@ -122,8 +147,6 @@ def candidates(predictor, version: DatasetVersion, split: str, progress: bool = 
     }
 
 
-SPARSE_SEED = 20_000  # sparse scenes for the operating point ...
-SHAPE_CHECK_SEED = 10_000  # ... and others for the shape checks (shape_checks)
 
 
 def operating_point_set(
@@ -191,13 +214,13 @@ def choose_operating_point(gt: dict[str, Any], cands: Candidates, nms_ious: tupl
     return best[1], best[2]
 
 
-def metrics(gt: dict[str, Any], results: list[dict[str, Any]], threshold: float) -> dict[str, float]:
+def metrics(gt: dict[str, Any], results: list[dict[str, Any]], threshold: float, whole: bool = False) -> dict[str, float]:
     """Every number of a report: segm/bbox AP, AP50, AP75 and count MAE/RMSE/MRE at ``threshold``."""
     out: dict[str, float] = {}
     for iou_type in ("segm", "bbox"):
         for k, v in coco_ap(gt, results, iou_type).items():
             out[f"{iou_type}_{k}"] = v
-    truth, pred = true_counts(gt), predicted_counts(gt, results, threshold)
+    truth, pred = true_counts(gt), predicted_counts(gt, results, threshold, whole)
     out.update(count_errors([truth[i] for i in truth], [pred[i] for i in truth]))
     out["images"] = len(gt["images"])
     out["threshold"] = threshold
@@ -247,10 +270,11 @@ def evaluate_model(
     predictor = Predictor(model_dir, device=device)
     gt = version.coco(split)
     results = detect(predictor, version, split, progress)
-    m = metrics(gt, results, predictor.threshold)
+    m = metrics(gt, results, predictor.threshold, predictor.whole_books)
     m["nms_iou"] = predictor.nms_iou
+    m["whole_books"] = predictor.whole_books
     m["baseline_count_mae"] = baseline_count_mae(version, split)
-    truth, pred = true_counts(gt), predicted_counts(gt, results, predictor.threshold)
+    truth, pred = true_counts(gt), predicted_counts(gt, results, predictor.threshold, predictor.whole_books)
     report = {
         "model": str(model_dir),
         "dataset": version.name,

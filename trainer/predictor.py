@@ -19,6 +19,25 @@ from trainer.inputs import input_size, model_input, to_tensor
 from trainer.model import DEFAULT_NMS_IOU, ModelConfig, build_model, load_checkpoint_file
 
 
+# Counting rule for sparse scenes (docs/recipe.md "Few books, whole books"): where at most
+# SPARSE_MAX books are counted, a detection whose mask lies at least CONTAINED inside a larger
+# counted one is a fragment of that book (one book split into strips), not a book of its own.
+# A model uses it when it counts better with it on val (model.json ``whole_books``).
+SPARSE_MAX, CONTAINED = 10, 0.8
+
+
+def whole_books(masks: list[np.ndarray]) -> list[int]:
+    """Indices of the ``masks`` (counted detections, any order) that are books, not fragments of one."""
+    if len(masks) > SPARSE_MAX:
+        return list(range(len(masks)))
+    areas = [max(1, int(m.sum())) for m in masks]
+    kept: list[int] = []
+    for i in sorted(range(len(masks)), key=lambda i: -areas[i]):
+        if all((masks[i] & masks[k]).sum() < CONTAINED * areas[i] for k in kept):
+            kept.append(i)
+    return sorted(kept)
+
+
 @dataclass
 class Instance:
     score: float
@@ -42,6 +61,7 @@ class Predictor:
         self.meta: dict[str, Any] = json.loads(meta_path.read_text())
         self.config = ModelConfig.from_dict(self.meta["model"])
         self.threshold: float = float(self.meta.get("threshold", 0.5))
+        self.whole_books: bool = bool(self.meta.get("whole_books", False))  # count with whole_books()
         self.model_version: str = model_version or model_dir.name
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model = build_model(self.config)
@@ -72,7 +92,8 @@ class Predictor:
     def predict(
         self, image: PIL.Image.Image, threshold: float | None = None, mask_size: tuple[int, int] | None = None
     ) -> list[Instance]:
-        """Instances with score >= ``threshold`` (default: the counting threshold chosen on val), best first.
+        """Instances with score >= ``threshold`` (default: the counted books: the counting threshold
+        chosen on val, and, if the model counts so, no fragments of a book, :func:`whole_books`), best first.
 
         Boxes are in ``image`` pixels; masks at ``mask_size`` (w, h; default the image's size).
         """
@@ -86,7 +107,10 @@ class Predictor:
         masks = self._resize_masks(probs, mask_size or image.size)
         boxes = (out["boxes"][keep] / scale).cpu().numpy()
         scores = out["scores"][keep].cpu().numpy()
-        return [Instance(float(s), tuple(float(v) for v in b), m) for s, b, m in zip(scores, boxes, masks)]
+        found = [Instance(float(s), tuple(float(v) for v in b), m) for s, b, m in zip(scores, boxes, masks)]
+        if threshold is not None or not self.whole_books:
+            return found
+        return [found[i] for i in whole_books([f.mask for f in found])]
 
     @torch.inference_mode()
     def candidates(self, image: PIL.Image.Image, min_score: float) -> tuple[np.ndarray, np.ndarray]:

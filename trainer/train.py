@@ -396,7 +396,7 @@ def train_and_save(
     dataset version and its manifest content hash, the training config and history, and the val
     metrics at that operating point.
     """
-    from trainer.evaluate import choose_operating_point, detect, metrics, operating_point_set
+    from trainer.evaluate import choose_operating_point, choose_whole_books, detect, metrics, operating_point_set
     from trainer.model import DEFAULT_NMS_IOU, save_model_dir
     from trainer.predictor import Predictor
 
@@ -424,9 +424,11 @@ def train_and_save(
         meta["threshold"], meta["nms_iou"] = choose_operating_point(*operating_point_set(predictor, result.version, progress))
         predictor.set_nms_iou(meta["nms_iou"])
         detections = detect(predictor, result.version, "val", progress)
-        meta["metrics"] = {f"val_{k}": v for k, v in metrics(val, detections, meta["threshold"]).items()}
+        predictor.threshold = meta["threshold"]
+        meta["whole_books"] = predictor.whole_books = choose_whole_books(predictor, result.version, detections)
+        meta["metrics"] = {f"val_{k}": v for k, v in metrics(val, detections, meta["threshold"], meta["whole_books"]).items()}
         log(
-            f"val: threshold {meta['threshold']:.2f}, NMS IoU {meta['nms_iou']:.1f}, count MAE {meta['metrics']['val_count_mae']:.2f}, "
+            f"val: threshold {meta['threshold']:.2f}, NMS IoU {meta['nms_iou']:.1f}, whole books {'on' if meta['whole_books'] else 'off'}, count MAE {meta['metrics']['val_count_mae']:.2f}, "
             f"mask AP {meta['metrics']['val_segm_AP']:.3f}, AP50 {meta['metrics']['val_segm_AP50']:.3f}"
         )
     else:
