@@ -1,1 +1,1 @@
-"""Annotator: SAM pre-labelling, Label Studio, the interactive ML backend and the dataset store."""
+"""Annotator: SAM pre-labelling, Label Studio (project, collect, review) and the training trigger."""

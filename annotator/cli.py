@@ -23,9 +23,15 @@ dataset_app = typer.Typer(
 
 @dataset_app.command("import-coco")
 def import_coco(
-    paths: list[Path] = typer.Argument(..., help="COCO instances JSON file(s); train.json/val.json/test.json give their split."),
-    images: Path = typer.Option(..., "--images", help="Folder that the files' image file_name entries are relative to."),
-    split: str | None = typer.Option(None, help="Put every image in this split (train, val or test) unless frozen already."),
+    paths: list[Path] = typer.Argument(
+        ..., help="COCO instances JSON file(s); train.json/val.json/test.json give their split."
+    ),
+    images: Path = typer.Option(
+        ..., "--images", help="Folder that the files' image file_name entries are relative to."
+    ),
+    split: str | None = typer.Option(
+        None, help="Put every image in this split (train, val or test) unless frozen already."
+    ),
     source: str = typer.Option("", help="Source name recorded in the manifest (default: the folder name)."),
     licence: str = typer.Option("", help="Licence of the source, recorded in the manifest."),
     credit: str = typer.Option("", help="Credit line for the source, recorded in the manifest."),
@@ -51,7 +57,7 @@ def import_coco(
         console.print(f"[yellow]warning:[/] {w}")
     if len(warnings) > 10:
         console.print(f"[yellow]warning:[/] ... and {len(warnings) - 10} more")
-    result = DatasetStore.from_settings().commit(
+    result = DatasetStore.from_settings(settings).commit(
         items,
         source={
             "name": source or images.resolve().name,
@@ -71,7 +77,7 @@ def import_coco(
 def list_versions() -> None:
     """List dataset versions with their counts per split."""
     table = Table("version", "parent", "created", "train", "val", "test", "source")
-    for v in DatasetStore.from_settings().versions():
+    for v in DatasetStore.from_settings(get_settings()).versions():
         m = v.manifest()
         c = m["counts"]
         table.add_row(
@@ -87,7 +93,7 @@ def list_versions() -> None:
 @dataset_app.command()
 def show(version: str = typer.Argument(..., help="Version name (v0001, 1 or 'latest').")) -> None:
     """Show a version's manifest: provenance, counts and report (file hashes left out)."""
-    m = DatasetStore.from_settings().get(version).manifest()
+    m = DatasetStore.from_settings(get_settings()).get(version).manifest()
     m["files"] = f"{len(m['files'])} files with sha256 (see manifest.json)"
     m["added"] = f"{len(m['added'])} images added"
     console.print_json(data=m)
@@ -96,7 +102,7 @@ def show(version: str = typer.Argument(..., help="Version name (v0001, 1 or 'lat
 @dataset_app.command()
 def verify(version: str = typer.Argument(..., help="Version name (v0001, 1 or 'latest').")) -> None:
     """Recompute every hash of a version and name each file that changed; exit 1 if any."""
-    store = DatasetStore.from_settings()
+    store = DatasetStore.from_settings(get_settings())
     v = store.get(version)
     problems = store.verify(v.name)
     for p in problems:
@@ -177,11 +183,12 @@ def prelabel_command(champion: DetectorProvider) -> Callable[..., None]:
         """
         from annotator.prelabel import prelabel
 
-        report = prelabel(inbox, sam_checkpoint=sam_checkpoint, champion=champion)
+        settings = get_settings()
+        report = prelabel(settings, inbox, sam_checkpoint=sam_checkpoint, champion=champion)
         for reason in report.rejected.values():
             console.print(f"[yellow]rejected:[/] {reason}")
         if not (report.imported or report.already_there or report.rejected):
-            console.print(f"inbox {inbox or get_settings().inbox_dir} is empty: nothing to do")
+            console.print(f"inbox {inbox or settings.inbox_dir} is empty: nothing to do")
             return
         console.print(report.line())
 
@@ -201,7 +208,7 @@ def collect_command(champion: DetectorProvider) -> Callable[..., None]:
         """
         from annotator.collect import collect
 
-        result = collect(champion=champion)
+        result = collect(get_settings(), champion=champion)
         if result is None:
             console.print("nothing new in Label Studio: no new dataset version")
             return
@@ -227,7 +234,9 @@ def review_command(champion: DetectorProvider) -> Callable[..., None]:
     """The ``review`` command, with the champion from ``champion``."""
 
     def review_counts(
-        min_gap: int = typer.Option(2, "--min-gap", min=0, help="Show photos whose counts differ by at least this much."),
+        min_gap: int = typer.Option(
+            2, "--min-gap", min=0, help="Show photos whose counts differ by at least this much."
+        ),
     ) -> None:
         """Photos where the champion's count and the annotator's differ, largest gap first.
 
@@ -240,7 +249,9 @@ def review_command(champion: DetectorProvider) -> Callable[..., None]:
 
         detector = champion()
         if detector is None:
-            console.print("[yellow]no champion yet:[/] counts and likely misses need one; showing annotated counts only")
+            console.print(
+                "[yellow]no champion yet:[/] counts and likely misses need one; showing annotated counts only"
+            )
         rows = review(get_settings(), detector, min_gap)
         if not rows:
             console.print(f"no annotated photo with a count gap of {min_gap} or more, and no likely miss")

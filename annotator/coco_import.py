@@ -123,5 +123,7 @@ def _to_rle(ann: dict, height: int, width: int, where: str) -> tuple[masks.RLE |
         raise DatasetError(f"{where}: polygon has non-numeric coordinates") from None
     clipped = min(xs) < 0 or min(ys) < 0 or max(xs) > width or max(ys) > height
     if clipped:
-        polygons = [[min(max(v, 0.0), width if i % 2 == 0 else height) for i, v in enumerate(map(float, p))] for p in polygons]
+        polygons = [
+            [min(max(v, 0.0), width if i % 2 == 0 else height) for i, v in enumerate(map(float, p))] for p in polygons
+        ]
     return masks.from_polygons(polygons, height, width), clipped

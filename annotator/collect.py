@@ -39,19 +39,18 @@ from bookcounter import masks
 from bookcounter.dataset_store import CommitResult, DatasetStore, NewImage
 from bookcounter.detector import DetectorProvider
 from bookcounter.images import BadImage, decode_image
-from bookcounter.settings import Settings, get_settings
+from bookcounter.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MATCH_IOU = 0.5  # a pre-label mask and a human mask are the same book at this IoU or more
 
 
-def collect(settings: Settings | None = None, champion: DetectorProvider | None = None) -> CommitResult | None:
+def collect(settings: Settings, champion: DetectorProvider | None = None) -> CommitResult | None:
     """Write a new dataset version from the submitted annotations; None when nothing is new.
 
     ``champion`` (when given) recounts the tasks it has not counted yet (``predicted_count``).
     """
-    settings = settings or get_settings()
     project_id = ensure_project(settings)
     tasks = export_snapshot(settings, project_id)
     report: Counter = Counter()
@@ -70,7 +69,7 @@ def collect(settings: Settings | None = None, champion: DetectorProvider | None 
     if not items:
         log.info("collect: no submitted annotations in project %s", project_id)
         return None
-    store = DatasetStore(settings.datasets_dir, settings.test_fraction, settings.val_fraction)
+    store = DatasetStore.from_settings(settings)
     result = store.commit(
         items,
         source={"name": "label-studio", "url": settings.ls_url, "project": project_id},
@@ -170,14 +169,15 @@ class Pending:
     relative_to: str | None  # the newest dataset version, which the count is relative to
 
 
-def pending_annotations(settings: Settings | None = None) -> Pending:
+def pending_annotations(settings: Settings) -> Pending:
     """How many annotated tasks the newest dataset version does not hold (one API call): the one
     count that starts the loop (:mod:`annotator.training_trigger`)."""
-    settings = settings or get_settings()
     project_id = ensure_project(settings)
     with api_errors(settings, "read the project"):
         project = client(settings).projects.get(id=project_id)
-    latest = DatasetStore(settings.datasets_dir).latest()  # after the count: a collect in between lowers it, never raises it
+    latest = DatasetStore(
+        settings.datasets_dir
+    ).latest()  # after the count: a collect in between lowers it, never raises it
     collected = set()
     if latest is not None:
         for im in latest.coco()["images"]:

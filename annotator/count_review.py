@@ -27,7 +27,13 @@ from tqdm import tqdm
 from annotator.labelstudio.client import api_errors, client
 from annotator.labelstudio.label_config import IMAGE
 from annotator.labelstudio.mask_codec import annotation_masks
-from annotator.labelstudio.project import ensure_project, export_snapshot, fetch_photo, latest_submitted, update_task_data
+from annotator.labelstudio.project import (
+    ensure_project,
+    export_snapshot,
+    fetch_photo,
+    latest_submitted,
+    update_task_data,
+)
 from annotator.labelstudio.views import ensure_view
 from bookcounter import masks
 from bookcounter.detector import Detector
@@ -48,7 +54,12 @@ def review_tab_data(min_gap: int = REVIEW_MIN_GAP) -> dict[str, Any]:
             "conjunction": "and",
             "items": [
                 {"filter": "filter:tasks:total_annotations", "operator": "greater", "type": "Number", "value": 0},
-                {"filter": "filter:tasks:data.count_gap_abs", "operator": "greater_or_equal", "type": "Number", "value": min_gap},
+                {
+                    "filter": "filter:tasks:data.count_gap_abs",
+                    "operator": "greater_or_equal",
+                    "type": "Number",
+                    "value": min_gap,
+                },
             ],
         },
         "ordering": ["-tasks:data.count_gap_abs"],

@@ -38,7 +38,7 @@ from bookcounter.detector import Detector, DetectorProvider
 from bookcounter.errors import UserError
 from bookcounter.images import BadImage, decode_image, sha256_bytes
 from bookcounter.locks import file_lock
-from bookcounter.settings import Settings, get_settings
+from bookcounter.settings import Settings
 from bookcounter.uncertainty import NEAR, confidence, uncertainty_of
 
 if TYPE_CHECKING:
@@ -119,7 +119,7 @@ def default_masker(settings: Settings, champion: DetectorProvider, sam_checkpoin
     """The champion (if any) and SAM (if a checkpoint is found), as configured."""
     from annotator.sam import load_segmenter
 
-    segmenter = load_segmenter(settings.sam_model_type, checkpoint=sam_checkpoint or settings.sam_checkpoint)
+    segmenter = load_segmenter(settings, checkpoint=sam_checkpoint or settings.sam_checkpoint)
     return Masker(segmenter, champion())
 
 
@@ -142,9 +142,9 @@ def served_copy(data: bytes, image: Image.Image, file_name: str) -> tuple[bytes,
 
 
 def prelabel(
+    settings: Settings,
     inbox: Path | None = None,
     masker: Masker | None = None,
-    settings: Settings | None = None,
     sam_checkpoint: Path | None = None,
     champion: DetectorProvider | None = None,
 ) -> PrelabelReport:
@@ -153,7 +153,6 @@ def prelabel(
     Without ``masker``, :func:`default_masker` with the ``champion`` its caller provides
     (loaded only when there are photos); one of the two is needed.
     """
-    settings = settings or get_settings()
     inbox = Path(inbox) if inbox is not None else settings.inbox_dir
     if not inbox.is_dir():
         raise UserError(f"inbox {inbox} does not exist (put photos there or pass --inbox DIR)")
@@ -194,7 +193,9 @@ def prelabel(
                 "height": image.height,
             }
             if labelled.predicted_count is not None:
-                task_data.update(predicted_count=labelled.predicted_count, predicted_count_model=masker.detector.model_version)
+                task_data.update(
+                    predicted_count=labelled.predicted_count, predicted_count_model=masker.detector.model_version
+                )
             predictions = []
             if found:
                 predictions.append(

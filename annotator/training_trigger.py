@@ -1,6 +1,6 @@
 """What starts the loop: enough new annotations, or "Start training" in Label Studio.
 
-Both end in the Prefect event ``bookcounter.annotations.ready`` (:mod:`bookcounter.events`); the
+Both end in the Prefect event ``bookcounter.annotations.ready`` (:mod:`annotator.events`); the
 ``loop`` deployment's trigger turns it into a flow run on its work pool. Nothing here starts a
 process.
 
@@ -29,8 +29,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from annotator import events
 from annotator.collect import pending_annotations
-from bookcounter import events
 from bookcounter.locks import file_lock
 from bookcounter.settings import Settings
 
@@ -60,7 +60,7 @@ def check_annotations(settings: Settings, source: str) -> tuple[int, Crossing | 
     """Count the pending annotations; send the event when a crossing not sent before is reached.
 
     Returns the count (0 when the trigger is off) and the crossing sent now (None when none was). Raises
-    :class:`bookcounter.events.PrefectUnavailable` (nothing recorded) when no Prefect server answers.
+    :class:`annotator.events.PrefectUnavailable` (nothing recorded) when no Prefect server answers.
     """
     threshold = settings.retrain_every_n_annotations
     if threshold <= 0:  # the automatic trigger is off (the demo drives the loop itself)
@@ -70,7 +70,9 @@ def check_annotations(settings: Settings, source: str) -> tuple[int, Crossing | 
         pending = pending_annotations(settings)
         if pending.count < threshold:
             return pending.count, None
-        crossing = Crossing(pending.project_id, pending.relative_to, pending.count // threshold, pending.count, threshold)
+        crossing = Crossing(
+            pending.project_id, pending.relative_to, pending.count // threshold, pending.count, threshold
+        )
         last = _last_sent(path)
         if last is not None and (last.project_id, last.relative_to) == (crossing.project_id, crossing.relative_to) \
                 and last.index >= crossing.index:

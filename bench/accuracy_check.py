@@ -3,7 +3,7 @@
 For use before a recipe change lands: train the changed recipe on the whole sample (``v0001``
 holding all 100 / 34 / 15 photos, see bench/README.md), then
 
-    .venv/bin/python bench/accuracy_check.py --model var/runs/RUN/model
+    .venv/bin/python -m bench.accuracy_check --model var/runs/RUN/model
 
 It prints count MAE (and the median baseline's), mask AP / AP50 and box AP50 on val and test,
 the count MAE and bias per density band (<= 10, 11-30, > 30 books), and the count MAE on 3:1
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bookcounter.dataset_store import DatasetStore
+from bookcounter.settings import get_settings
 from trainer.evaluate import accuracy_report
 
 THRESHOLDS = Path(__file__).with_name("accuracy_thresholds.json")
@@ -64,7 +65,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="write the report as JSON here")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
-    row = accuracy_report(args.model, DatasetStore.from_settings().get(args.dataset))
+    row = accuracy_report(args.model, DatasetStore.from_settings(get_settings()).get(args.dataset))
     show(row)
     if args.out:
         args.out.write_text(json.dumps(row, indent=2))

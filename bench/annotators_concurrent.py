@@ -55,8 +55,8 @@ def main() -> None:
     from annotator.labelstudio.ml_backend_link import connect_ml_backend
     from annotator.labelstudio.project import ensure_project
     from annotator.labelstudio.server import start_server, stop_server
-    from annotator.ml_backend import TITLE
-    from annotator.ml_backend_server import start_backend, stop_backend
+    from serving.ml_backend.backend import TITLE
+    from serving.ml_backend.server import start_backend, stop_backend
 
     settings = Settings()
     try:

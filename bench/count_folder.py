@@ -4,11 +4,11 @@ Dask workers (1 thread each), and ``POST /count`` from 2 clients, on the sample'
 The photos are the open-shelves sample's train+val+test images (149, 640 px; ``--limit`` for the
 first N). The model is ``--model-dir`` (registered as the champion of a temporary state dir) or
 the champion of ``BOOKCOUNTER_STATE_DIR``. Each mode counts every photo once into its own file;
-model loading is not timed. Also runs ``bench/serving_load.py``'s load (2 clients posting one
+model loading is not timed. Also runs ``bench.serving_load``'s load (2 clients posting one
 photo) on the same server, for the target ratios: the CLI >= 0.9x serving_load's photos/s, and
 2 workers >= 1.7x one worker. Peak RSS is VmHWM / ru_maxrss of each process.
 
-    .venv/bin/python bench/count_folder.py --model-dir MODEL_DIR
+    .venv/bin/python -m bench.count_folder --model-dir MODEL_DIR
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).parent))
-from serving_load import Server, free_port, steady, wait_ready
+from bench.serving_load import Server, steady, wait_ready
+from bookcounter.testing import free_port
 
 
 def load() -> str:
@@ -73,7 +73,9 @@ def bench_flow(folder: Path, work: Path, n_workers: int, n_photos: int) -> tuple
             warm.mkdir(exist_ok=True)
             if not any(warm.iterdir()):
                 (warm / "one.jpg").symlink_to(next(folder.iterdir()).resolve())
-            flow(paths=[str(warm)], out=str(work / f"warm-up-{n_workers}.csv"))  # Prefect's server and client up, untimed
+            flow(
+                paths=[str(warm)], out=str(work / f"warm-up-{n_workers}.csv")
+            )  # Prefect's server and client up, untimed
             started = time.monotonic()
             summary = flow(paths=[str(folder)], out=str(work / f"flow-{n_workers}.csv"))
             wall = time.monotonic() - started
@@ -123,10 +125,16 @@ def peak_rss_mb(pid: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, help="model directory to count with (default: the state dir's champion)")
+    parser.add_argument(
+        "--model-dir", type=Path, help="model directory to count with (default: the state dir's champion)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="count only the first N photos (default all 149)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="duration of the serving_load comparison (default 20)")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["cli", "flow1", "flow2", "post"], help="modes to leave out")
+    parser.add_argument(
+        "--seconds", type=float, default=20.0, help="duration of the serving_load comparison (default 20)"
+    )
+    parser.add_argument(
+        "--skip", nargs="*", default=[], choices=["cli", "flow1", "flow2", "post"], help="modes to leave out"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="bench-count-folder-"))
@@ -174,10 +182,14 @@ def main() -> None:
                 model = wait_ready(base, server, 300)
                 results["post"] = post_all(base, photos, 2)
                 print(f"POST /count, 2 clients, all photos: {results['post']:.2f} photos/s ({load()})")
-                steady_results, wall = steady(Server(base, model, server.pid, None), photos[0].read_bytes(), 2, args.seconds)
+                steady_results, wall = steady(
+                    Server(base, model, server.pid, None), photos[0].read_bytes(), 2, args.seconds
+                )
                 results["serving_load"] = len(steady_results.counts) / wall
-                print(f"serving_load.py (2 clients, 1 photo, {args.seconds:g} s): {results['serving_load']:.2f} photos/s, "
-                      f"{len(steady_results.errors)} errors; server peak RSS {peak_rss_mb(server.pid):.0f} MB ({load()})")
+                print(
+                    f"serving_load (2 clients, 1 photo, {args.seconds:g} s): {results['serving_load']:.2f} photos/s, "
+                    f"{len(steady_results.errors)} errors; server peak RSS {peak_rss_mb(server.pid):.0f} MB ({load()})"
+                )
             finally:
                 server.terminate()
                 server.wait(timeout=30)

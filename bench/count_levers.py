@@ -9,7 +9,7 @@ scenes, piles: ``trainer.evaluate.shape_checks``' scenes), the count with each l
 - ``upscale``: where the photo looks dense (more than ``--dense-min`` books counted), count again
   with the network's input ``--upscale`` times larger, so thin spines span more pixels.
 
-    .venv/bin/python bench/count_levers.py --model MODEL_DIR
+    .venv/bin/python -m bench.count_levers --model MODEL_DIR
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bookcounter.dataset_store import DatasetStore
+from bookcounter.settings import get_settings
 from trainer.data import crop, photos_with_masks, pile_scene, sparse_scene
 from trainer.evaluate import DENSITY_BANDS, SHAPE_CHECK_SEED
 from trainer.predictor import Predictor
@@ -50,7 +51,7 @@ def main() -> None:
     predictor, big = Predictor(args.model, device="cpu"), Predictor(args.model, device="cpu")
     big.config = big.config.model_copy(update={"image_size": round(big.config.image_size * args.upscale),
                                                "max_size": round(big.config.max_size * args.upscale)})
-    version = DatasetStore.from_settings().get(args.dataset)
+    version = DatasetStore.from_settings(get_settings()).get(args.dataset)
     rows: dict[str, list[tuple[int, dict[str, int]]]] = defaultdict(list)
     for i, (photo, masks) in enumerate(photos_with_masks(version, args.split)):
         band = next(name for name, lo, hi in DENSITY_BANDS if lo <= len(masks) <= hi)

@@ -10,7 +10,7 @@ is a "better" verdict for a candidate that is worse on the whole set; a *false r
 anything but "better" for a candidate that is better on the whole set by more than ``--min-gain``
 books per photo (smaller gains are not worth finding). Choose the level on these rates.
 
-    .venv/bin/python bench/gate_error_rates.py --model MODEL_DIR --sizes 15 23 49 --levels 0.8 0.9 0.95
+    .venv/bin/python -m bench.gate_error_rates --model MODEL_DIR --sizes 15 23 49 --levels 0.8 0.9 0.95
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 
 from bookcounter.dataset_store import DatasetStore
 from bookcounter.images import read_image
+from bookcounter.settings import get_settings
 from trainer.evaluate import MIN_SCORE, true_counts
 from trainer.predictor import Predictor
 from trainer.promote import compare
@@ -44,7 +45,7 @@ def main() -> None:
     p.add_argument("--out", type=Path)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
-    version = DatasetStore.from_settings().get(args.dataset)
+    version = DatasetStore.from_settings(get_settings()).get(args.dataset)
     predictor = Predictor(args.model, device="cpu")
     truth, scores = [], []
     for split in args.splits:

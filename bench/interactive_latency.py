@@ -22,10 +22,10 @@ state and answers clicks (points only): the first click on a photo runs it on th
 later clicks reuse its detections (a click on a detection) or run its mask head on a book-sized
 box (a click off every detection; told apart by the answer's score, 0 there).
 
-    .venv/bin/python bench/interactive_latency.py --photos 6 --clicks 20
-    .venv/bin/python bench/interactive_latency.py --photos 6 --clicks 20 --with-stack
-    .venv/bin/python bench/interactive_latency.py --photos 6 --clicks 20 --with-stack --prompt-runtime torch
-    .venv/bin/python bench/interactive_latency.py --photos 6 --clicks 20 \
+    .venv/bin/python -m bench.interactive_latency --photos 6 --clicks 20
+    .venv/bin/python -m bench.interactive_latency --photos 6 --clicks 20 --with-stack
+    .venv/bin/python -m bench.interactive_latency --photos 6 --clicks 20 --with-stack --prompt-runtime torch
+    .venv/bin/python -m bench.interactive_latency --photos 6 --clicks 20 \
         --champion MODEL_DIR
 """
 
@@ -43,26 +43,24 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bookcounter.images import sha256_bytes  # noqa: E402
-from bookcounter.settings import REPO_ROOT, Settings, get_settings  # noqa: E402
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bookcounter.images import sha256_bytes
+from bookcounter.settings import REPO_ROOT, Settings, get_settings
+from bookcounter.testing import free_port
 
 
 def keypoint(x: float, y: float, positive: bool = True) -> dict:
-    return {"type": "keypointlabels", "is_positive": positive, "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": ["book"]}}
+    return {
+        "type": "keypointlabels",
+        "is_positive": positive,
+        "value": {"x": x, "y": y, "width": 0.5, "keypointlabels": ["book"]},
+    }
 
 
 def box(x: float, y: float, w: float, h: float) -> dict:
-    return {"type": "rectanglelabels", "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": ["book"]}}
+    return {
+        "type": "rectanglelabels",
+        "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": ["book"]},
+    }
 
 
 def random_prompt(rng: random.Random) -> list[dict]:
@@ -102,16 +100,25 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=6, help="photos measured (plus one warm-up)")
     ap.add_argument("--clicks", type=int, default=20, help="cached clicks per photo")
     ap.add_argument("--sample", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "open-shelves" / "test")
-    ap.add_argument("--with-stack", action="store_true",
-                    help="also run the counting server and the Prefect and MLflow UIs while measuring")
-    ap.add_argument("--prompt-runtime", choices=("onnx", "torch"), default="onnx", help="SAM prompt path (default onnx)")
-    ap.add_argument("--onnx-threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: the setting, 2)")
+    ap.add_argument(
+        "--with-stack",
+        action="store_true",
+        help="also run the counting server and the Prefect and MLflow UIs while measuring",
+    )
+    ap.add_argument(
+        "--prompt-runtime", choices=("onnx", "torch"), default="onnx", help="SAM prompt path (default onnx)"
+    )
+    ap.add_argument(
+        "--onnx-threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: the setting, 2)"
+    )
     ap.add_argument("--champion", type=Path, default=None, help="model directory: no SAM, this champion answers clicks")
     args = ap.parse_args()
     if args.champion is not None and not (args.champion / "model.json").is_file():
         sys.exit(f"{args.champion}: not a model directory (no model.json)")
 
-    photos = sorted(p for p in args.sample.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[: args.photos + 1]
+    photos = sorted(p for p in args.sample.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[
+        : args.photos + 1
+    ]
     if len(photos) < 2:
         sys.exit(f"need at least 2 photos in {args.sample}")
     state = Path(tempfile.mkdtemp(prefix="bookcounter-bench-"))
@@ -137,8 +144,8 @@ def main() -> None:
 
     from annotator.labelstudio.project import create_task, ensure_project, upload_photo
     from annotator.labelstudio.server import start_server
-    from annotator.ml_backend_server import start_backend
     from flows.services import services, status_lines
+    from serving.ml_backend.server import start_backend
 
     load_before = os.getloadavg()
     print(f"state in {state}; starting Label Studio and the ML backend"
@@ -178,25 +185,44 @@ def main() -> None:
             service.process.stop()
         shutil.rmtree(state, ignore_errors=True)
 
-    runtime = next((line[line.index("SAM prompt path"):] for line in log.splitlines() if "SAM prompt path" in line),
-                   "PyTorch (--prompt-runtime torch)")
-    print("\n".join(["services while measuring (this bench's own; other jobs on the machine are not listed):", *running]))
-    print(f"CPU: {os.cpu_count()} cores, load average (1/5/15 min) before {fmt_load(load_before)}, "
-          f"after {fmt_load(os.getloadavg())} (shared machine: other jobs slow this down)")
+    runtime = next(
+        (line[line.index("SAM prompt path") :] for line in log.splitlines() if "SAM prompt path" in line),
+        "PyTorch (--prompt-runtime torch)",
+    )
+    print(
+        "\n".join(["services while measuring (this bench's own; other jobs on the machine are not listed):", *running])
+    )
+    print(
+        f"CPU: {os.cpu_count()} cores, load average (1/5/15 min) before {fmt_load(load_before)}, "
+        f"after {fmt_load(os.getloadavg())} (shared machine: other jobs slow this down)"
+    )
     print(f"prompt path: {runtime}")
     if args.champion:
-        print(f"champion {args.champion} (no SAM): photos {len(first)} (+1 warm-up), clicks on a detection {len(cached)}, "
-              f"off every detection {len(off)}; champion runs {health['detector_calls']} (expected {len(tasks)}), request errors {failures}")
+        print(
+            f"champion {args.champion} (no SAM): photos {len(first)} (+1 warm-up), "
+            f"clicks on a detection {len(cached)}, off every detection {len(off)}; "
+            f"champion runs {health['detector_calls']} (expected {len(tasks)}), request errors {failures}"
+        )
         print(f"first click on a new photo:   p50 {pct(first, 50):7.1f} ms   p95 {pct(first, 95):7.1f} ms")
         if cached:
             print(f"click on a detection:         p50 {pct(cached, 50):7.1f} ms   p95 {pct(cached, 95):7.1f} ms")
         if off:
-            print(f"click off every detection:    p50 {pct(off, 50):7.1f} ms   p95 {pct(off, 95):7.1f} ms   (mask head on a box)")
+            print(
+                f"click off every detection:    p50 {pct(off, 50):7.1f} ms   p95 {pct(off, 95):7.1f} ms   "
+                "(mask head on a box)"
+            )
         return
-    print(f"photos {len(first)} (+1 warm-up), cached clicks {len(cached)}, "
-          f"encoder runs {health['encoder_calls']} (expected {len(tasks)}), request errors {failures}")
-    print(f"first click on a new photo: p50 {pct(first, 50):7.1f} ms   p95 {pct(first, 95):7.1f} ms   (target <= 1000 ms)")
-    print(f"click, embedding cached:    p50 {pct(cached, 50):7.1f} ms   p95 {pct(cached, 95):7.1f} ms   (targets p50 <= 50, p95 <= 120 ms)")
+    print(
+        f"photos {len(first)} (+1 warm-up), cached clicks {len(cached)}, "
+        f"encoder runs {health['encoder_calls']} (expected {len(tasks)}), request errors {failures}"
+    )
+    print(
+        f"first click on a new photo: p50 {pct(first, 50):7.1f} ms   p95 {pct(first, 95):7.1f} ms   (target <= 1000 ms)"
+    )
+    print(
+        f"click, embedding cached:    p50 {pct(cached, 50):7.1f} ms   p95 {pct(cached, 95):7.1f} ms   "
+        "(targets p50 <= 50, p95 <= 120 ms)"
+    )
 
 
 def start_stack(settings: Settings) -> None:

@@ -6,7 +6,7 @@ detections within 0.15 of the threshold; their sum; each per detected book) and 
 prints Spearman's rho of each score against the error, plus the error of the least-sure
 quarter vs the rest:
 
-    .venv/bin/python bench/least_sure_score.py --model MODEL_DIR --state-dir STATE_DIR
+    .venv/bin/python -m bench.least_sure_score --model MODEL_DIR --state-dir STATE_DIR
 """
 
 from __future__ import annotations
@@ -50,12 +50,13 @@ def main() -> None:
 
     from bookcounter.dataset_store import DatasetStore
     from bookcounter.images import read_image
+    from bookcounter.settings import get_settings
     from bookcounter.uncertainty import NEAR, flip_disagreement, near_threshold
     from trainer.evaluate import true_counts
     from trainer.predictor import Predictor
 
     torch.set_num_threads(args.threads)
-    version = DatasetStore.from_settings().get(args.dataset)
+    version = DatasetStore.from_settings(get_settings()).get(args.dataset)
     predictor = Predictor(args.model, device="cpu")
     gt = version.coco(args.split)
     truth = true_counts(gt)
@@ -77,7 +78,8 @@ def main() -> None:
         order = np.argsort(-a[:, k], kind="stable")
         print(
             f"  {name:9s}: Spearman rho vs |count error| {rho:+.2f} ; "
-            f"MAE of the least-sure quarter {err[order[:quarter]].mean():.2f} vs the rest {err[order[quarter:]].mean():.2f}"
+            f"MAE of the least-sure quarter {err[order[:quarter]].mean():.2f} "
+            f"vs the rest {err[order[quarter:]].mean():.2f}"
         )
 
 

@@ -19,8 +19,8 @@ test picks nothing). Each round's champion is evaluated on it (count MAE, mask A
 per order and redraws ``learning_curve.png`` (MAE vs photos annotated, one line per order)
 after every round, so two runs (one per order) sharing ``--out`` end in one PNG:
 
-    .venv/bin/python bench/loop_replay.py --order random --out var/curves --ls-port 8189
-    .venv/bin/python bench/loop_replay.py --order least-sure --out var/curves --ls-port 8190
+    .venv/bin/python -m bench.loop_replay --order random --out var/curves --ls-port 8189
+    .venv/bin/python -m bench.loop_replay --order least-sure --out var/curves --ls-port 8190
 """
 
 from __future__ import annotations
@@ -45,9 +45,13 @@ def main() -> None:
     p.add_argument("--per-round", type=int, default=20, help="train photos annotated per round")
     p.add_argument("--budget-images", type=int, default=None, help="training work per round, in images seen (default: the nightly budget)")
     p.add_argument("--order", choices=ORDERS, default="random", help="which inbox photos are annotated next")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random order (and of the first round of least-sure)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the random order (and of the first round of least-sure)"
+    )
     p.add_argument("--threads", type=int, default=1, help="CPU threads for training, scoring and evaluation")
-    p.add_argument("--out", type=Path, default=Path("var/bench/loop-replay"), help="curve JSON per order + learning_curve.png")
+    p.add_argument(
+        "--out", type=Path, default=Path("var/bench/loop-replay"), help="curve JSON per order + learning_curve.png"
+    )
     p.add_argument("--state-dir", type=Path, default=None, help="default: a new temp dir")
     p.add_argument("--ls-port", type=int, default=8189)
     args = p.parse_args()
@@ -78,7 +82,7 @@ def main() -> None:
     start_server(settings, timeout=600)  # a loaded machine can take minutes
     try:
         held_out = read_coco(sample / "val.json", sample)[0] + read_coco(sample / "test.json", sample)[0]
-        store = DatasetStore.from_settings()
+        store = DatasetStore.from_settings(get_settings())
         fixed = store.commit(held_out, source={"name": "open-shelves", "licence": "CC BY 4.0"}).version
         fixed_shas = {im["sha256"] for im in fixed.coco()["images"]}
         pool, _ = read_coco(sample / "train.json", sample)
@@ -93,7 +97,9 @@ def main() -> None:
                 break
             t0 = time.monotonic()
             champion = registry.champion()
-            batch = next_batch(pool, args.per_round, args.order, champion and registry.load_predictor(champion.version, device="cpu"))
+            batch = next_batch(
+                pool, args.per_round, args.order, champion and registry.load_predictor(champion.version, device="cpu")
+            )
             pool = [item for item in pool if all(item is not b for b in batch)]
             settings.inbox_dir.mkdir(parents=True, exist_ok=True)
             for item in batch:
@@ -106,7 +112,9 @@ def main() -> None:
             d = promote.history()[-1]
             trained_on = {im["sha256"] for im in store.get(d["dataset_version"]).coco("train")["images"]}
             if trained_on & fixed_shas:
-                raise SystemExit(f"{d['dataset_version']}: {len(trained_on & fixed_shas)} fixed-set photos in the train split")
+                raise SystemExit(
+                    f"{d['dataset_version']}: {len(trained_on & fixed_shas)} fixed-set photos in the train split"
+                )
             champion = registry.champion()
             if champion is not None and champion.version not in measured:
                 measured[champion.version] = fixed_set_metrics(registry.model_dir(champion.version), fixed)
@@ -120,7 +128,9 @@ def main() -> None:
                 "minutes": (time.monotonic() - t0) / 60,
             })
             _print(rows, args.order)
-            (args.out / f"curve-{args.order}.json").write_text(json.dumps({"order": args.order, "baseline_count_mae": baseline, "rounds": rows}, indent=2))
+            (args.out / f"curve-{args.order}.json").write_text(
+                json.dumps({"order": args.order, "baseline_count_mae": baseline, "rounds": rows}, indent=2)
+            )
             plot(args.out)
     finally:
         stop_server(settings)
@@ -136,7 +146,9 @@ def next_batch(pool: list, n: int, order: str, champion) -> list:
     from bookcounter.images import decode_image
     from bookcounter.uncertainty import uncertainty
 
-    scores = [uncertainty(champion, decode_image(item.data, item.file_name)) for item in tqdm(pool, desc="least-sure scores")]
+    scores = [
+        uncertainty(champion, decode_image(item.data, item.file_name)) for item in tqdm(pool, desc="least-sure scores")
+    ]
     ranked = sorted(range(len(pool)), key=lambda i: -scores[i])
     return [pool[i] for i in ranked[:n]]
 
@@ -162,7 +174,9 @@ def fixed_set_baseline(version, train_counts: list[int]) -> float:
 
 def prelabel_quality(report: dict[str, Any]) -> str:
     """Pre-label recall / precision from collect's report of the version, when it has them."""
-    found = {k: v for k, v in _flatten(report).items() if isinstance(v, (int, float)) and ("recall" in k or "precision" in k)}
+    found = {
+        k: v for k, v in _flatten(report).items() if isinstance(v, (int, float)) and ("recall" in k or "precision" in k)
+    }
     rec = next((v for k, v in found.items() if "recall" in k), None)
     prec = next((v for k, v in found.items() if "precision" in k), None)
     return "-" if rec is None and prec is None else f"R {_f(rec, 2)} / P {_f(prec, 2)}"
@@ -212,8 +226,22 @@ HEADER = ["round", "photos annotated", "annotator-s", "dataset", "candidate", "d
 
 
 def _print(rows: list[dict[str, Any]], order: str) -> None:
-    table = [[r["round"], r["photos"], f"{r['annotator_s']:.0f}", r["dataset"], r["candidate"], r["decision"], r["champion"] or "-",
-              _f(r["count_mae"]), _f(r["segm_AP50"]), r["prelabel"], f"{r['minutes']:.1f}"] for r in rows]
+    table = [
+        [
+            r["round"],
+            r["photos"],
+            f"{r['annotator_s']:.0f}",
+            r["dataset"],
+            r["candidate"],
+            r["decision"],
+            r["champion"] or "-",
+            _f(r["count_mae"]),
+            _f(r["segm_AP50"]),
+            r["prelabel"],
+            f"{r['minutes']:.1f}",
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(HEADER, *table)]
     print(f"order: {order}")
     for row in [HEADER, *table]:

@@ -9,7 +9,7 @@ Also prints what the model answers for a few photos with nothing to count (flat 
 at small sizes: a model upscales every photo to its input size, so a tiny photo is counted
 as blur, not refused.
 
-    .venv/bin/python bench/min_photo_size.py MODEL_DIR [--photos 12]
+    .venv/bin/python -m bench.min_photo_size MODEL_DIR [--photos 12]
 """
 
 from __future__ import annotations

@@ -5,13 +5,12 @@ state dir and a free port, waits until it answers and ``--settle`` seconds more 
 consumers start after the web workers), prints the processes by command and their summed
 RSS, then stops it.
 
-    .venv/bin/python bench/mlflow_ui_rss.py [--settle 20]
+    .venv/bin/python -m bench.mlflow_ui_rss [--settle 20]
 """
 
 from __future__ import annotations
 
 import argparse
-import socket
 import tempfile
 import time
 from collections import Counter
@@ -21,13 +20,8 @@ import httpx
 import psutil
 
 from bookcounter.settings import Settings
+from bookcounter.testing import free_port
 from trainer.registry import start_ui, ui_server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def kind(p: psutil.Process) -> str:

@@ -8,8 +8,8 @@ trainer's default (``default_train_config``) plus ``--set`` overrides; the count
 point is chosen on val; nothing is registered. Then ``bench/accuracy_check.py`` scores each model
 (val and test by density, strips and sparse scenes) and checks it against the recorded limits.
 
-    .venv/bin/python bench/open_shelves_budget.py --epochs 10 30
-    .venv/bin/python bench/open_shelves_budget.py --epochs 30 --seeds 0 1 2 --set model.image_size=640
+    .venv/bin/python -m bench.open_shelves_budget --epochs 10 30
+    .venv/bin/python -m bench.open_shelves_budget --epochs 30 --seeds 0 1 2 --set model.image_size=640
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--tag", default="", help="added to the run directory's name")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
-    store = DatasetStore.from_settings()
+    store = DatasetStore.from_settings(get_settings())
     version = store.get(args.dataset)
     for epochs in args.epochs:
         for seed in args.seeds:

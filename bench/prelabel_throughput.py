@@ -6,9 +6,9 @@ prompts (one batched decoder call, masks at low resolution until the final resiz
 per minute run one after the other and pipelined (a background worker pre-encodes while the
 main thread decodes), and the latency of a click on a cached embedding.
 
-    .venv/bin/python bench/prelabel_throughput.py                       # vit_t and vit_b
-    .venv/bin/python bench/prelabel_throughput.py --model-types vit_t --photos 8
-    .venv/bin/python bench/prelabel_throughput.py --model-types vit_t --prompt-runtime torch   # before ONNX
+    .venv/bin/python -m bench.prelabel_throughput                       # vit_t and vit_b
+    .venv/bin/python -m bench.prelabel_throughput --model-types vit_t --photos 8
+    .venv/bin/python -m bench.prelabel_throughput --model-types vit_t --prompt-runtime torch   # before ONNX
 
 The prompt path (box prompts, clicks) runs on ONNX Runtime by default, as in the ML backend and
 pre-labelling (exported into a temp dir first); ``--prompt-runtime torch`` measures PyTorch.
@@ -48,10 +48,14 @@ def boxes_for(image: Image.Image, n: int, rng: np.random.Generator) -> np.ndarra
     w, h = image.size
     x0 = rng.uniform(0, w * 0.9, n)
     y0 = rng.uniform(0, h * 0.5, n)
-    return np.stack([x0, y0, np.minimum(x0 + rng.uniform(15, 60, n), w), np.minimum(y0 + rng.uniform(100, 300, n), h)], 1)
+    return np.stack(
+        [x0, y0, np.minimum(x0 + rng.uniform(15, 60, n), w), np.minimum(y0 + rng.uniform(100, 300, n), h)], 1
+    )
 
 
-def run(model_type: str, n_photos: int, n_boxes: int, n_clicks: int, size: int, runtime: str, onnx_threads: int) -> None:
+def run(
+    model_type: str, n_photos: int, n_boxes: int, n_clicks: int, size: int, runtime: str, onnx_threads: int
+) -> None:
     from annotator.sam.build_sam import build_sam
     from annotator.sam.onnx_decoder import load_onnx_decoder
     from annotator.sam.segmenter import Segmenter
@@ -133,7 +137,9 @@ def main() -> None:
     ap.add_argument("--clicks", type=int, default=30)
     ap.add_argument("--size", type=int, default=640)
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    ap.add_argument("--prompt-runtime", choices=("onnx", "torch"), default="onnx", help="SAM prompt path (default onnx)")
+    ap.add_argument(
+        "--prompt-runtime", choices=("onnx", "torch"), default="onnx", help="SAM prompt path (default onnx)"
+    )
     ap.add_argument("--onnx-threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     args = ap.parse_args()
     import torch

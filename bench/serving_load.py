@@ -18,9 +18,9 @@ with the champion of the state dir (``BOOKCOUNTER_STATE_DIR``, ``var/`` by defau
 An error is a transport error, a 5xx other than 503, a good photo refused with a 4xx or a bad one
 counted. Peak RSS is the server's ``VmHWM`` from /proc.
 
-    .venv/bin/python bench/serving_load.py --clients 2 --seconds 30
-    .venv/bin/python bench/serving_load.py --mode overload --uploads 50 --photo-mb 10 --model DIR
-    .venv/bin/python bench/serving_load.py --mode soak --minutes 10 --clients 4 --model DIR
+    .venv/bin/python -m bench.serving_load --clients 2 --seconds 30
+    .venv/bin/python -m bench.serving_load --mode overload --uploads 50 --photo-mb 10 --model DIR
+    .venv/bin/python -m bench.serving_load --mode soak --minutes 10 --clients 4 --model DIR
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import io
 import math
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -48,14 +47,9 @@ import numpy as np
 from PIL import Image
 
 from bookcounter.settings import get_settings
+from bookcounter.testing import free_port, wait_until_answers
 
 MB = 1_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sample_photos() -> list[Path]:
@@ -80,20 +74,15 @@ def register_champion(model_dir: Path) -> Path:
 
 
 def wait_ready(base: str, proc: subprocess.Popen, timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"the server exited with code {proc.returncode}")
-        try:
-            r = httpx.get(f"{base}/readyz", timeout=2)
-            if r.status_code == 200:
-                return httpx.get(f"{base}/model", timeout=5).json()
-            if r.status_code == 503 and r.json()["detail"].startswith("No champion"):
-                sys.exit(f"no model to serve: {r.json()['detail']}")
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"the server was not ready after {timeout:.0f} s")
+    """The served model's ``/model`` once ``/readyz`` says ready; exits if there is no champion."""
+
+    def no_champion(r: httpx.Response) -> bool:
+        return r.status_code == 503 and r.json()["detail"].startswith("No champion")
+
+    r = wait_until_answers(f"{base}/readyz", timeout, proc, accept=lambda r: r.status_code == 200 or no_champion(r))
+    if no_champion(r):
+        sys.exit(f"no model to serve: {r.json()['detail']}")
+    return httpx.get(f"{base}/model", timeout=5).json()
 
 
 @dataclass
@@ -282,8 +271,10 @@ def soak(server: Server, mix: list[Upload], clients: int, minutes: float) -> tup
         for t in threads:
             t.join(timeout=max(0.0, min(started + minute * 60, deadline) - time.monotonic()))
         mem, rows = server.memory_mb(), results.all()
-        line = (f"minute {minute:>2}: {len(rows)} answers, {sum(s == 503 for s, _ in rows)} busy, "
-                f"{len(results.errors)} errors; server RSS {mem.get('VmRSS', 0):.0f} MB, peak {mem.get('VmHWM', 0):.0f} MB")
+        line = (
+            f"minute {minute:>2}: {len(rows)} answers, {sum(s == 503 for s, _ in rows)} busy, "
+            f"{len(results.errors)} errors; server RSS {mem.get('VmRSS', 0):.0f} MB, peak {mem.get('VmHWM', 0):.0f} MB"
+        )
         memory.append(line)
         print(line, flush=True)
     for t in threads:

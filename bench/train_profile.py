@@ -6,9 +6,9 @@ iteration into: data (loading, augmentation, resize), transform, backbone + FPN,
 mask head, backward and optimizer step (wall time, CPU threads synchronous). Options take the
 candidate speed-ups one at a time, so a run per option compares them on the same photos.
 
-    .venv/bin/python bench/train_profile.py --dataset v0001 --iters 30 --threads 2
-    .venv/bin/python bench/train_profile.py --dataset v0001 --iters 30 --threads 2 --workers 1
-    .venv/bin/python bench/train_profile.py --dataset v0001 --iters 30 --threads 2 --set model.rois_per_img=64
+    .venv/bin/python -m bench.train_profile --dataset v0001 --iters 30 --threads 2
+    .venv/bin/python -m bench.train_profile --dataset v0001 --iters 30 --threads 2 --workers 1
+    .venv/bin/python -m bench.train_profile --dataset v0001 --iters 30 --threads 2 --set model.rois_per_img=64
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from bookcounter.dataset_store import DatasetStore
+from bookcounter.settings import get_settings
 from trainer.config import parse_overrides
 from trainer.data import BookDataset, collate
 from trainer.model import build_model, freeze_stages, load_init
@@ -63,7 +64,7 @@ def main() -> None:
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
-    store = DatasetStore.from_settings()
+    store = DatasetStore.from_settings(get_settings())
     version = store.get(args.dataset)
     cfg = default_train_config(version.name, "cpu", parse_overrides(args.set))
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
 Uses a synthetic batch shaped like a shelf photo (40 tall thin books), so it needs no dataset.
 Timings on a shared CPU are noisy: the median of several iterations is printed.
 
-    .venv/bin/python bench/train_throughput.py --backbones mobilenet_v3_fpn resnet18_fpn --sizes 384 512 640
+    .venv/bin/python -m bench.train_throughput --backbones mobilenet_v3_fpn resnet18_fpn --sizes 384 512 640
 """
 
 from __future__ import annotations
@@ -30,7 +30,13 @@ def shelf_batch(size: int, n_images: int, books: int = 40) -> tuple[list[torch.T
             masks[i, y + 10 : y1, x:x1] = 1
             boxes.append([x, y + 10, x1, y1])
         images.append(torch.rand(3, size, size))
-        targets.append({"boxes": torch.tensor(boxes, dtype=torch.float32), "labels": torch.ones(books, dtype=torch.int64), "masks": masks})
+        targets.append(
+            {
+                "boxes": torch.tensor(boxes, dtype=torch.float32),
+                "labels": torch.ones(books, dtype=torch.int64),
+                "masks": masks,
+            }
+        )
     return images, targets
 
 
@@ -70,7 +76,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
-    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, width {args.width}, median of {args.iters}")
+    print(
+        f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, width {args.width}, "
+        f"median of {args.iters}"
+    )
     print(f"{'backbone':18s} {'norm':4s} {'size':>4s} {'params':>7s} {'train img/s':>11s} {'infer img/s':>11s}")
     for backbone in args.backbones:
         for norm in args.norms:
@@ -78,7 +87,9 @@ def main() -> None:
                 cfg = ModelConfig(backbone=backbone, image_size=size, norm=norm, width=args.width)
                 params = sum(p.numel() for p in build_model(cfg).parameters()) / 1e6
                 train_ips, infer_ips = measure(cfg, args.batch, args.iters)
-                print(f"{backbone:18s} {norm:4s} {size:4d} {params:6.1f}M {train_ips:11.2f} {infer_ips:11.2f}", flush=True)
+                print(
+                    f"{backbone:18s} {norm:4s} {size:4d} {params:6.1f}M {train_ips:11.2f} {infer_ips:11.2f}", flush=True
+                )
 
 
 if __name__ == "__main__":

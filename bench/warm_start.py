@@ -10,8 +10,8 @@ e.g. ``warm:epochs=6:lr=1e-4``. Runs are sized in epochs, so results do not depe
 ``--threads`` each (1); ``--parallel`` runs them at the same time. ``--seeds`` repeats each run. The
 counting operating point is chosen on val, as always; test picks nothing.
 
-    .venv/bin/python bench/warm_start.py --v1-epochs 20 --runs warm:epochs=6 cold:epochs=30 --seeds 0 1 2 --parallel
-    .venv/bin/python bench/warm_start.py --champion MODEL_DIR --runs warm:epochs=3 warm:epochs=3:warmup_iters=50
+    .venv/bin/python -m bench.warm_start --v1-epochs 20 --runs warm:epochs=6 cold:epochs=30 --seeds 0 1 2 --parallel
+    .venv/bin/python -m bench.warm_start --champion MODEL_DIR --runs warm:epochs=3 warm:epochs=3:warmup_iters=50
 """
 
 from __future__ import annotations
@@ -40,14 +40,12 @@ def train_and_report(kind: str, overrides: dict, dataset: str, threads: int) -> 
 
     from bookcounter.dataset_store import DatasetStore
     from bookcounter.settings import get_settings
-    from trainer.evaluate import evaluate_model
-    from trainer.train import default_train_config, train_and_save
-
     from trainer import registry
-    from trainer.train import WARM_START
+    from trainer.evaluate import evaluate_model
+    from trainer.train import WARM_START, default_train_config, train_and_save
 
     torch.set_num_threads(threads)
-    store = DatasetStore.from_settings()
+    store = DatasetStore.from_settings(get_settings())
     if kind == "warm":  # the champion's weights as a file: a fine-tune whatever the retrain policy would choose
         overrides = {**WARM_START, "init": str(registry.model_dir(registry.champion().version) / "model.pt"), **overrides}
     cfg = default_train_config(dataset, "cpu", {"threads": threads, **overrides})
@@ -85,7 +83,7 @@ def main() -> None:
     from trainer import registry
 
     sample = get_settings().sample_dir
-    store = DatasetStore.from_settings()
+    store = DatasetStore.from_settings(get_settings())
     train = sorted(read_coco(sample / "train.json", sample)[0], key=lambda i: i.file_name)
     held_out = read_coco(sample / "val.json", sample)[0] + read_coco(sample / "test.json", sample)[0]
     source = {"name": "open-shelves", "licence": "CC BY 4.0"}

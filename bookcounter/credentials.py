@@ -10,7 +10,6 @@ shows ``**********``.
 
 from __future__ import annotations
 
-import os
 import secrets
 import sys
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from dotenv import dotenv_values
 from pydantic import SecretStr
 
+from bookcounter.atomic import atomic_write
 from bookcounter.errors import UserError
 
 PASSWORD_KEY, TOKEN_KEY = "BOOKCOUNTER_LS_PASSWORD", "BOOKCOUNTER_LS_TOKEN"
@@ -56,19 +56,11 @@ def _create(path: Path) -> dict[str, str]:
     """Write new secrets to ``path`` atomically, mode 0600 from the start; if another process
     wins the race, its file is the one used."""
     values = generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    lines = ["# Label Studio admin password and API token of this bookcounter install (keep private)"]
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write("# Label Studio admin password and API token of this bookcounter install (keep private)\n")
-            f.writelines(f"{k}={v}\n" for k, v in values.items())
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)  # fails if the file appeared meanwhile
-    except FileExistsError:
+        with atomic_write(path, mode=0o600, exclusive=True) as tmp:  # the temp is 0600 from the start
+            tmp.write_text("\n".join([*lines, *(f"{k}={v}" for k, v in values.items())]) + "\n")
+    except FileExistsError:  # the file appeared meanwhile
         return _read(path)
-    finally:
-        tmp.unlink(missing_ok=True)
     print(f"bookcounter: generated a Label Studio admin password and API token in {path} (mode 0600)", file=sys.stderr)
     return values

@@ -21,17 +21,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bookcounter import masks
+from bookcounter.atomic import TMP_PREFIX, atomic_write
 from bookcounter.errors import UserError
 from bookcounter.images import BadImage, decode_image, sha256_bytes, sha256_file
 from bookcounter.locks import file_lock
+
+if TYPE_CHECKING:
+    from bookcounter.settings import Settings
 
 SPLITS = ("train", "val", "test")
 CATEGORIES = [{"id": 1, "name": "book", "supercategory": "object"}]
@@ -109,12 +112,9 @@ class DatasetStore:
         self.val_fraction = val_fraction
 
     @classmethod
-    def from_settings(cls) -> DatasetStore:
-        """The store under the configured state dir (``BOOKCOUNTER_*`` settings)."""
-        from bookcounter.settings import get_settings
-
-        s = get_settings()
-        return cls(s.datasets_dir, s.test_fraction, s.val_fraction)
+    def from_settings(cls, settings: Settings) -> DatasetStore:
+        """The store under ``settings.state_dir``, with its split fractions."""
+        return cls(settings.datasets_dir, settings.test_fraction, settings.val_fraction)
 
     # --- reading ------------------------------------------------------------------------
     def versions(self) -> list[DatasetVersion]:
@@ -178,7 +178,8 @@ class DatasetStore:
             for i, rle in enumerate(item.masks):
                 if list(rle["size"]) != [img.height, img.width]:
                     raise DatasetError(
-                        f"{item.file_name}: mask {i} is {rle['size'][1]}x{rle['size'][0]}, image is {img.width}x{img.height}"
+                        f"{item.file_name}: mask {i} is {rle['size'][1]}x{rle['size'][0]}, "
+                        f"image is {img.width}x{img.height}"
                     )
             if item.split is not None and item.split not in SPLITS:
                 raise DatasetError(f"{item.file_name}: unknown split {item.split!r} (use train, val or test)")
@@ -193,7 +194,9 @@ class DatasetStore:
             for sha, (item, width, height) in checked.items():
                 split = frozen.get(sha) or item.split or hash_split(sha, self.test_fraction, self.val_fraction)
                 if item.split and split != item.split:
-                    report.setdefault("split_kept", []).append(f"{item.file_name}: stays in {split} (source says {item.split})")
+                    report.setdefault("split_kept", []).append(
+                        f"{item.file_name}: stays in {split} (source says {item.split})"
+                    )
                 suffix = Path(item.file_name).suffix.lower() or ".jpg"
                 records[sha] = {
                     "sha256": sha,
@@ -217,7 +220,7 @@ class DatasetStore:
             manifest = {
                 "version": name,
                 "parent": parent.name if parent else None,
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "content_hash": content_hash,
                 "source": source,
                 "added": [
@@ -233,7 +236,7 @@ class DatasetStore:
 
     def _remove_leftovers(self) -> None:
         """Remove the temp files and dirs of a writer that was killed (only a lock holder makes them)."""
-        for tmp in [*self.root.glob(".tmp-*"), *(self.root / "images").glob(".tmp-*")]:
+        for tmp in [*self.root.glob(f"{TMP_PREFIX}*"), *(self.root / "images").glob(f"{TMP_PREFIX}*")]:
             if tmp.is_dir():
                 os.chmod(tmp, 0o755)
                 shutil.rmtree(tmp)
@@ -244,34 +247,16 @@ class DatasetStore:
         path = self.root / rel
         if path.is_file() and sha256_file(path) == sha256_bytes(data):
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        with atomic_write(path, mode=0o444) as tmp:
+            tmp.write_bytes(data)
 
     def _write_version(self, name: str, coco: dict, manifest: dict) -> DatasetVersion:
-        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f".tmp-{name}-"))
-        try:
-            annotations = _canonical(coco)
-            manifest["files"] = {"annotations.json": sha256_bytes(annotations)}
-            manifest["files"].update({im["file_name"]: im["sha256"] for im in coco["images"]})
-            _write_synced(tmp / "annotations.json", annotations)
-            _write_synced(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
-            for p in tmp.iterdir():
-                os.chmod(p, 0o444)
-            os.chmod(tmp, 0o555)
-            _fsync_dir(tmp)
-            os.rename(tmp, self.root / name)
-            _fsync_dir(self.root)
-        except BaseException:
-            os.chmod(tmp, 0o755)
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        annotations = _canonical(coco)
+        manifest["files"] = {"annotations.json": sha256_bytes(annotations)}
+        manifest["files"].update({im["file_name"]: im["sha256"] for im in coco["images"]})
+        with atomic_write(self.root / name, directory=True, mode=0o555) as tmp:
+            _write_file(tmp / "annotations.json", annotations)
+            _write_file(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
         return DatasetVersion(name, self.root / name)
 
 
@@ -323,16 +308,7 @@ def _canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _write_file(path: Path, data: bytes) -> None:
+    """One file of a version being written: read-only (:func:`atomic_write` fsyncs it)."""
+    path.write_bytes(data)
+    os.chmod(path, 0o444)

@@ -2,7 +2,7 @@
 
 :class:`trainer.predictor.Predictor` satisfies :class:`Detector` structurally; the champion is
 handed to the annotator as a :class:`DetectorProvider` by its callers (``flows/``, the CLI and
-``serving.ml_backend_app``), so ``annotator`` never imports ``trainer``.
+``serving.ml_backend.server``), so ``annotator`` never imports ``trainer``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ class Detector(Protocol):
     @property
     def threshold(self) -> float: ...  # the counting threshold
 
-    def predict(self, image: Image.Image, threshold: float | None = None) -> Sequence[Instance]: ...  # default: its threshold
+    def predict(
+        self, image: Image.Image, threshold: float | None = None
+    ) -> Sequence[Instance]: ...  # default: its threshold
 
     def masks_for_boxes(self, image: Image.Image, boxes: np.ndarray) -> np.ndarray: ...
 

@@ -47,7 +47,9 @@ def iou(a: list[RLE], b: list[RLE]) -> np.ndarray:
     """(len(a), len(b)) IoU of every pair of masks (pycocotools, on the RLEs; no decoding)."""
     if not a or not b:
         return np.zeros((len(a), len(b)))
-    return np.asarray(mask_utils.iou([_compressed(r) for r in a], [_compressed(r) for r in b], [0] * len(b))).reshape(len(a), len(b))
+    return np.asarray(mask_utils.iou([_compressed(r) for r in a], [_compressed(r) for r in b], [0] * len(b))).reshape(
+        len(a), len(b)
+    )
 
 
 def _compressed(rle: RLE) -> dict:

@@ -52,7 +52,9 @@ class Settings(BaseSettings):
     ls_username: str = "admin@bookcounter.local"
     ls_password: SecretStr | None = Field(None, description="Admin password; default: generated into secrets.env.")
     ls_token: SecretStr | None = Field(
-        None, max_length=40, description="Legacy API token (at most 40 characters); default: generated into secrets.env."
+        None,
+        max_length=40,
+        description="Legacy API token (at most 40 characters); default: generated into secrets.env.",
     )
     ls_project_title: str = "Books"
     ls_venv: Path = Field(REPO_ROOT / ".venv-labelstudio", description="Venv holding the Label Studio server.")
@@ -65,7 +67,8 @@ class Settings(BaseSettings):
     ml_backend_port: int = 9090
     retrain_every_n_annotations: int = Field(20, description="Start the loop after this many new annotations; 0 = off.")
     sam_random_init: bool = Field(
-        False, description="Tests and benchmarks only: the ML backend uses random SAM weights when no checkpoint is found."
+        False,
+        description="Tests and benchmarks only: the ML backend uses random SAM weights when no checkpoint is found.",
     )
 
     # --- training / registry -------------------------------------------------------------
@@ -75,12 +78,20 @@ class Settings(BaseSettings):
     )
     registered_model_name: str = "bookcounter-maskrcnn"
     retrain_budget_images: int = Field(
-        3000, ge=1, description="Work a retrain may do, in images seen: what the nightly job affords (trainer.train.retrain_policy)."
+        3000,
+        ge=1,
+        description="Work a retrain may do, in images seen: what the nightly job affords "
+        "(trainer.train.retrain_policy).",
     )
     promote_confidence: float = Field(
-        0.8, gt=0, lt=1, description="Level of the paired bootstrap interval the promotion gate judges by (trainer/promote.py)."
+        0.8,
+        gt=0,
+        lt=1,
+        description="Level of the paired bootstrap interval the promotion gate judges by (trainer/promote.py).",
     )
-    promote_mae_margin: float = Field(0.0, ge=0, description="The whole interval must say the candidate counts better by more than this.")
+    promote_mae_margin: float = Field(
+        0.0, ge=0, description="The whole interval must say the candidate counts better by more than this."
+    )
     promote_ap_tolerance: float = Field(0.02, ge=0, description="Candidate mask AP may fall by at most this much.")
 
     # --- serving ---------------------------------------------------------------------------
@@ -93,7 +104,9 @@ class Settings(BaseSettings):
         2, ge=1, description="Photos POST /count holds at once (upload, decode, model); past that it answers 503."
     )
     min_photo_side: int = Field(
-        64, ge=1, description="Photos whose shorter side is smaller are refused (HTTP 422): see bench/min_photo_size.py."
+        64,
+        ge=1,
+        description="Photos whose shorter side is smaller are refused (HTTP 422): see bench/min_photo_size.py.",
     )
     api_key: SecretStr | None = Field(
         None, description="If set, the page and API ask for it (X-API-Key, Bearer, or the page's ?key=)."
@@ -112,7 +125,9 @@ class Settings(BaseSettings):
     mlflow_ui_port: int = 5000
 
     # --- backups ---------------------------------------------------------------------------
-    backup_dir: Path | None = Field(None, description="Where the nightly backup writes; default <state_dir>-backups beside it.")
+    backup_dir: Path | None = Field(
+        None, description="Where the nightly backup writes; default <state_dir>-backups beside it."
+    )
     backup_keep: int = Field(7, ge=1, description="How many nightly backups are kept.")
     backup_cron: str = Field("30 1 * * *", description="When the nightly backup runs (cron, local time).")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from bookcounter.backup import dated_backup, summary
 from bookcounter.settings import get_settings
+from flows.state_backup import dated_backup, summary
 
 
 @flow(name="backup", log_prints=True)

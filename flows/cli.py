@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
+from pathlib import Path
 
 import typer
 
-from bookcounter.settings import get_settings
+from bookcounter.settings import REPO_ROOT, get_settings
 
 # The work each of the demo's trainings may do, in images seen: smaller than the nightly budget
 # (settings.retrain_budget_images) so that the demo ends in about half an hour on 2 cores.
@@ -18,7 +19,7 @@ flows_app = typer.Typer(
 )
 
 
-class FlowName(str, Enum):
+class FlowName(StrEnum):
     prelabel = "prelabel"
     collect = "collect"
     retrain = "retrain"
@@ -32,11 +33,14 @@ class FlowName(str, Enum):
 def run_flow(
     name: FlowName = typer.Argument(..., help="Which flow to run."),
     budget_images: int | None = typer.Option(
-        None, help="retrain/loop: the work a training may do, in images seen (default BOOKCOUNTER_RETRAIN_BUDGET_IMAGES)."
+        None,
+        help="retrain/loop: the work a training may do, in images seen (default BOOKCOUNTER_RETRAIN_BUDGET_IMAGES).",
     ),
     inbox: str | None = typer.Option(None, help="prelabel: the inbox folder (default var/inbox)."),
     run_name: str | None = typer.Option(None, help="Name of the flow run shown in the Prefect UI."),
-    photos: list[str] | None = typer.Option(None, "--photos", help="count-folder: a photo or folder (repeat for more)."),
+    photos: list[str] | None = typer.Option(
+        None, "--photos", help="count-folder: a photo or folder (repeat for more)."
+    ),
     out: str = typer.Option("counts.csv", help="count-folder: the results file (as `bookcounter count --out`)."),
 ) -> None:
     """Run one flow now, in this process (it shows up in the Prefect UI like a scheduled run)."""
@@ -83,6 +87,22 @@ def serve_flows() -> None:
     serve_all(get_settings())
 
 
+@flows_app.command("write-prefect-yaml")
+def write_prefect_yaml_command(
+    out: Path = typer.Option(REPO_ROOT / "prefect.yaml", help="Where to write it."),
+) -> None:
+    """Write prefect.yaml (the deployments for Prefect work pools) from flows/deployments.py, the
+    one declaration of the deployments; the crons are the current settings'."""
+    from flows.prefect_server import configure_prefect
+
+    settings = get_settings()
+    configure_prefect(settings)
+    from flows.deployments import write_prefect_yaml
+
+    out.write_text(write_prefect_yaml(settings))
+    typer.echo(f"wrote {out}")
+
+
 def ui_prefect(stop: bool = typer.Option(False, "--stop", help="Stop the Prefect UI server instead.")) -> None:
     """Start the Prefect server and UI on 127.0.0.1 over bookcounter's Prefect database (var/prefect);
     later flows report to it. Runs in the background; --stop ends it."""
@@ -103,24 +123,37 @@ def status_command() -> None:
         typer.echo(line)
 
 
+def start_command(
+    names: list[str] | None = typer.Argument(
+        None, metavar="NAME", help="Services to start (see 'bookcounter status'); default: all of them."
+    ),
+) -> None:
+    """Start the services in the background (Label Studio first); each one unless it runs already."""
+    from flows.services import start
+
+    for service, now in start(get_settings(), names or ()):
+        typer.echo(f"{service.title} ({service.name}): {'started' if now else 'already running'} at {service.url}")
+
+
 def stop_command(
     names: list[str] | None = typer.Argument(
         None, metavar="NAME", help="Services to stop (see 'bookcounter status'); default: all of them."
     ),
 ) -> None:
     """Stop the services bookcounter started, all of them by default; only processes it started."""
-    from flows.services import chosen
+    from flows.services import stop
 
-    for service in chosen(get_settings(), names or ()):
-        pid = service.process.pid()
-        stopped = service.process.stop()
-        typer.echo(f"{service.title} ({service.name}): {f'stopped (pid {pid})' if stopped else 'not running'}")
+    for service, pid in stop(get_settings(), names or ()):
+        typer.echo(f"{service.title} ({service.name}): {f'stopped (pid {pid})' if pid else 'not running'}")
 
 
 def demo(
-    first_train_photos: int = typer.Option(40, help="Train photos in the first dataset version; the rest go through the inbox."),
+    first_train_photos: int = typer.Option(
+        40, help="Train photos in the first dataset version; the rest go through the inbox."
+    ),
     budget_images: int = typer.Option(
-        DEMO_BUDGET_IMAGES, help="The work each of the demo's two trainings may do, in images seen (the nightly default is larger)."
+        DEMO_BUDGET_IMAGES,
+        help="The work each of the demo's two trainings may do, in images seen (the nightly default is larger).",
     ),
 ) -> None:
     """Run the whole loop for real on the sample photos (open-shelves, BOOKCOUNTER_SAMPLE_DIR):

@@ -41,7 +41,9 @@ def task_runner() -> TaskRunner:
 def count_photo_task(path: str, model_dir: str, info: ModelInfo, overlays: str | None, instances: bool) -> Row:
     settings = get_settings()
     model = load_model(Path(model_dir), info)
-    return count_photo(read_photo(Path(path), settings), model, settings, Path(overlays) if overlays else None, instances)
+    return count_photo(
+        read_photo(Path(path), settings), model, settings, Path(overlays) if overlays else None, instances
+    )
 
 
 @flow(name="count-folder", task_runner=task_runner(), log_prints=True)

@@ -30,8 +30,8 @@ from annotator.labelstudio.server import start_server
 from bookcounter.dataset_store import SPLITS, DatasetStore
 from bookcounter.errors import UserError
 from bookcounter.settings import Settings
+from flows import services
 from flows.loop import loop_flow, retrain_flow
-from flows.prefect_server import start_ui
 from flows.prelabel import prelabel_flow
 from flows.replay import reference_masks, replay
 
@@ -55,19 +55,21 @@ def run_demo(settings: Settings, first_train_photos: int, budget_images: int) ->
 
     _step(1, "start Label Studio and the ML backend; import the first dataset version")
     console.print(start_server(settings).line())
-    from annotator import ml_backend_server
+    from serving.ml_backend.server import connect
 
     # The demo drives the loop itself: the backend's every-N-annotations trigger is off while
     # it runs (else the replay's annotations start a second loop in the background), and back
     # on when the demo ends (step 6).
-    ml_backend_server.stop_backend(settings)
-    ml_backend_server.start_backend(settings.model_copy(update={"retrain_every_n_annotations": 0}))
-    ml_backend_server.connect(settings)
+    services.stop(settings, ["ml-backend"])
+    services.start(settings.model_copy(update={"retrain_every_n_annotations": 0}), ["ml-backend"])
+    connect(settings)
     train_items, _ = read_coco(files["train"], sample)
     train_items.sort(key=lambda item: item.file_name)
     first, rest = train_items[:first_train_photos], train_items[first_train_photos:]
     items = first + read_coco(files["val"], sample)[0] + read_coco(files["test"], sample)[0]
-    result = DatasetStore.from_settings().commit(items, source={**SOURCE, "files": [str(f) for f in files.values()]})
+    result = DatasetStore.from_settings(settings).commit(
+        items, source={**SOURCE, "files": [str(f) for f in files.values()]}
+    )
     first_version = result.version.name
     console.print(f"{'created' if result.created else 'already there:'} {first_version} "
                   f"({len(first)} of {len(train_items)} train photos, all val and test)")
@@ -102,31 +104,26 @@ def _step(n: int, what: str) -> None:
 
 
 def _start_services(settings: Settings) -> dict[str, str]:
-    from annotator import ml_backend_server
-    from serving.cli import start_in_background
-
-    ml_backend_server.stop_backend(settings)
-    ml_backend_server.start_backend(settings)  # with the automatic retraining trigger as configured
-    page = start_in_background(settings)
-    from trainer import registry
-
-    return {
-        "web page": page,
-        "Label Studio": settings.ls_url,
-        "Prefect UI": start_ui(settings),
-        "MLflow UI": registry.start_ui(settings),
-    }
+    services.stop(settings, ["ml-backend"])  # it ran with the retraining trigger off (step 1)
+    urls = {"web page": "serving", "Label Studio": "labelstudio", "Prefect UI": "prefect-server",
+            "MLflow UI": "mlflow-ui"}
+    by_name = {service.name: service.url for service, _ in services.start(settings, [*urls.values(), "ml-backend"])}
+    return {title: by_name[name] for title, name in urls.items()}
 
 
 def _summary(settings: Settings, before, first, urls: dict[str, str], seconds: float) -> None:
     from trainer import promote
 
-    store = DatasetStore.from_settings()
+    store = DatasetStore.from_settings(settings)
     console.rule("[bold]summary")
     versions = Table("dataset version", "parent", "train", "val", "test")
     for v in store.versions():
         m = v.manifest()
-        versions.add_row(v.name, m["parent"] or "-", *(f"{m['counts'][s]['images']} photos / {m['counts'][s]['books']} books" for s in SPLITS))
+        versions.add_row(
+            v.name,
+            m["parent"] or "-",
+            *(f"{m['counts'][s]['images']} photos / {m['counts'][s]['books']} books" for s in SPLITS),
+        )
     console.print(versions)
     decisions = Table("model", "dataset", "decision", "count MAE (test)", "mask AP (test)",
                       "champion then", "its MAE", "its mask AP")
@@ -145,8 +142,10 @@ def _summary(settings: Settings, before, first, urls: dict[str, str], seconds: f
     from trainer import registry
 
     now = registry.champion()
-    console.print(f"champion before the demo: {before.version if before else 'none'}; "
-                  f"after the first training: {first.version if first else 'none'}; now: {now.version if now else 'none'}")
+    console.print(
+        f"champion before the demo: {before.version if before else 'none'}; "
+        f"after the first training: {first.version if first else 'none'}; now: {now.version if now else 'none'}"
+    )
     for name, url in urls.items():
         console.print(f"{name:>13}: {url}")
     console.print(f"Label Studio {settings.ls_login_hint}")

@@ -20,9 +20,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from annotator.events import ANNOTATIONS_READY
 from annotator.labelstudio.server import is_healthy, start_server
 from bookcounter.dataset_store import DatasetStore
-from bookcounter.events import ANNOTATIONS_READY
 from bookcounter.locks import file_lock
 from bookcounter.settings import get_settings
 
@@ -45,7 +45,11 @@ def collect_task() -> dict[str, Any] | None:
     if result is None:
         return None
     manifest = result.version.manifest()
-    return {"version": result.version.name, **manifest["counts"], "prelabel_quality": manifest["report"].get("prelabel_quality")}
+    return {
+        "version": result.version.name,
+        **manifest["counts"],
+        "prelabel_quality": manifest["report"].get("prelabel_quality"),
+    }
 
 
 @flow(name="collect", log_prints=True)
@@ -60,7 +64,9 @@ def collect_flow() -> str | None:
     rows = [{"split": s, "photos": made[s]["images"], "books": made[s]["books"]} for s in ("train", "val", "test")]
     create_table_artifact(rows, key="collect", description=f"New dataset version {made['version']}")
     if (made.get("prelabel_quality") or {}).get("photos"):
-        create_markdown_artifact(_prelabel_quality_markdown(made["version"], made["prelabel_quality"]), key="prelabel-quality")
+        create_markdown_artifact(
+            _prelabel_quality_markdown(made["version"], made["prelabel_quality"]), key="prelabel-quality"
+        )
     print(f"collect: created {made['version']}")
     return made["version"]
 
@@ -82,7 +88,7 @@ def train_task(dataset: str, budget_images: int | None, recipe: dict[str, Any] |
     settings = get_settings()
     cfg = train_config(dataset, budget_images, recipe)
     run_dir = settings.runs_dir / f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return str(train_and_save(cfg, DatasetStore.from_settings(), run_dir, log=get_run_logger().info))
+    return str(train_and_save(cfg, DatasetStore.from_settings(settings), run_dir, log=get_run_logger().info))
 
 
 @task(retries=1, retry_delay_seconds=5)
@@ -115,12 +121,13 @@ def retrain_flow(
     """
     from trainer import promote, registry
 
-    store = DatasetStore.from_settings()
+    settings = get_settings()
+    store = DatasetStore.from_settings(settings)
     if dataset is None and store.latest() is None:
         print("retrain: no dataset version yet; nothing to train on")
         return None
     version = store.get(dataset or "latest").name
-    with file_lock(get_settings().run_dir / "retrain.lock", blocking=False) as mine:
+    with file_lock(settings.run_dir / "retrain.lock", blocking=False) as mine:
         if not mine:
             print("retrain: another retrain is running; this one exits")
             return None
@@ -167,8 +174,9 @@ def watch_annotations_flow() -> dict[str, Any]:
 
 def _decision_markdown(d: dict[str, Any]) -> str:
     """The decision as a Prefect artifact: the verdict in words (with the interval), then the metrics."""
+    candidate, champion = d.get("candidate_metrics") or {}, d.get("champion_metrics") or {}
     rows = "\n".join(
-        f"| {k} | {_fmt((d.get('candidate_metrics') or {}).get(k))} | {_fmt((d.get('champion_metrics') or {}).get(k))} |"
+        f"| {k} | {_fmt(candidate.get(k))} | {_fmt(champion.get(k))} |"
         for k in ("count_mae", "segm_AP", "segm_AP50")
     )
     return (
@@ -184,7 +192,8 @@ def _prelabel_quality_markdown(version: str, q: dict[str, Any]) -> str:
         f"{q['photos']} annotated photo(s) had a pre-label; masks matched {q['match']}.\n\n"
         "| | share | masks |\n|---|---|---|\n"
         f"| recall (human masks the pre-label found) | {_fmt(q['recall'])} | {q['matched']} of {q['human_masks']} |\n"
-        f"| precision (pre-label masks the annotator kept) | {_fmt(q['precision'])} | {q['matched']} of {q['prelabel_masks']} |\n"
+        f"| precision (pre-label masks the annotator kept) | {_fmt(q['precision'])} "
+        f"| {q['matched']} of {q['prelabel_masks']} |\n"
     )
 
 

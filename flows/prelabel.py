@@ -16,7 +16,7 @@ from trainer.registry import load_predictor
 @task(timeout_seconds=3600)
 def prelabel_task(inbox: str | None) -> PrelabelReport:
     # Label Studio requests retry in the SDK client (annotator/labelstudio/client.py), not here.
-    return prelabel(Path(inbox) if inbox else None, settings=get_settings(), champion=load_predictor)
+    return prelabel(get_settings(), Path(inbox) if inbox else None, champion=load_predictor)
 
 
 @flow(name="prelabel", log_prints=True)
@@ -30,10 +30,20 @@ def prelabel_flow(inbox: str | None = None) -> dict[str, int]:
         return {"imported": 0, "already_there": 0, "rejected": 0}
     ensure_labelstudio()
     report = prelabel_task(str(folder))
-    rows = [{"photo": n, "task": t, "masks": report.predictions.get(n, 0), "status": "imported"} for n, t in report.imported.items()]
-    rows += [{"photo": n, "task": t, "masks": "", "status": "already in Label Studio"} for n, t in report.already_there.items()]
+    rows = [
+        {"photo": n, "task": t, "masks": report.predictions.get(n, 0), "status": "imported"}
+        for n, t in report.imported.items()
+    ]
+    rows += [
+        {"photo": n, "task": t, "masks": "", "status": "already in Label Studio"}
+        for n, t in report.already_there.items()
+    ]
     rows += [{"photo": n, "task": "", "masks": "", "status": f"rejected: {r}"} for n, r in report.rejected.items()]
     if rows:
         create_table_artifact(rows, key="prelabel", description=report.line())
     print(f"prelabel: {report.line()}")
-    return {"imported": len(report.imported), "already_there": len(report.already_there), "rejected": len(report.rejected)}
+    return {
+        "imported": len(report.imported),
+        "already_there": len(report.already_there),
+        "rejected": len(report.rejected),
+    }

@@ -35,7 +35,9 @@ def serve(
 
     At most BOOKCOUNTER_MAX_IN_FLIGHT photos are counted at once; more get 503 with Retry-After.
 
-    With BOOKCOUNTER_API_KEY set, everything but /healthz and /readyz asks for the key (header X-API-Key or Authorization: Bearer; in a browser open /?key=KEY once). Serving on a non-loopback host without a key prints a warning.
+    With BOOKCOUNTER_API_KEY set, everything but /healthz and /readyz asks for the key (header
+    X-API-Key or Authorization: Bearer; in a browser open /?key=KEY once). Serving on a
+    non-loopback host without a key prints a warning.
 
     A newly promoted champion is swapped in without a restart (see BOOKCOUNTER_RELOAD_POLL_SECONDS).
     """

@@ -42,7 +42,9 @@ def render_overlay(image: Image.Image, masks: list[np.ndarray], caption: str) ->
             continue
         cx, cy = float(xs.mean()), float(ys.mean())
         draw.text((cx, cy), str(i + 1), font=font, anchor="mm", fill="white", stroke_width=2, stroke_fill="black")
-    caption_font = ImageFont.load_default(size=max(8, min(min(out.size) // 20, int(out.width / (0.6 * len(caption) + 1)))))
+    caption_font = ImageFont.load_default(
+        size=max(8, min(min(out.size) // 20, int(out.width / (0.6 * len(caption) + 1))))
+    )
     draw.text((8, 8), caption, font=caption_font, fill="white", stroke_width=3, stroke_fill="black")
     buf = io.BytesIO()
     out.save(buf, format="PNG")

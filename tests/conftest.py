@@ -39,14 +39,6 @@ pytest_plugins: list[str] = [
 SAMPLE_DIR = Path(os.environ.get("BOOKCOUNTER_SAMPLE_DIR", REPO_ROOT.parent / "shared" / "data" / "open-shelves"))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Every test that needs the real Label Studio, its fixture directly or through another one
-    (``ls_settings``, ...), is marked ``labelstudio``: ``-m "not labelstudio"`` leaves it out."""
-    for item in items:
-        if "labelstudio" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.labelstudio)
-
-
 @pytest.fixture(scope="session")
 def session_state_dir() -> Path:
     return SESSION_STATE_DIR
@@ -65,3 +57,16 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
 def sample_dir() -> Path:
     assert (SAMPLE_DIR / "test.json").is_file(), f"open-shelves sample not found at {SAMPLE_DIR}"
     return SAMPLE_DIR
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers that follow from the fixtures a test uses, so that ``make test-fast``
+    (``-m "not labelstudio and not slow"``) starts no server and trains no model:
+    ``labelstudio`` for the session's Label Studio (``ls_settings`` included), ``slow`` for the
+    trained tiny model (``tiny_champion``, ``counted_photo``, ``served_champion`` included)."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "labelstudio" in fixtures:
+            item.add_marker(pytest.mark.labelstudio)
+        if "tiny_model_dir" in fixtures:
+            item.add_marker(pytest.mark.slow)

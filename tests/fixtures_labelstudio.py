@@ -11,7 +11,6 @@ own Label Studio project (a unique ``ls_project_title``) on that server.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,12 +23,7 @@ from PIL import Image, ImageDraw
 
 from annotator.labelstudio.server import start_server, stop_server
 from bookcounter.settings import Settings, get_settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bookcounter.testing import free_port
 
 
 @pytest.fixture(scope="session")

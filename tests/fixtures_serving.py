@@ -2,46 +2,25 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr
 from starlette.types import ASGIApp
 
 from bookcounter.settings import Settings, get_settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bookcounter.testing import uvicorn_in_thread
 
 
 @contextmanager
 def running_server(app: ASGIApp, timeout: float = 120.0) -> Iterator[str]:
     """Serve ``app`` (the FastAPI app, or a wrapper around it) with uvicorn on a free loopback port;
     yields the base URL; stops on exit."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"uvicorn did not start on port {port}")
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+    with uvicorn_in_thread(app, timeout) as url:
+        yield url
 
 
 @dataclass

@@ -43,7 +43,7 @@ def synthetic_photo(seed: int, n_books: int, size: int = TINY_SIZE) -> tuple[Ima
     img = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
     masks = []
     slot = size // 6
-    for k, col in enumerate(sorted(rng.choice(6, n_books, replace=False))):
+    for col in sorted(rng.choice(6, n_books, replace=False)):
         w = int(rng.integers(slot // 2, slot - 2))
         h = int(rng.integers(size // 3, size - 12))
         x0 = int(col * slot + 1)

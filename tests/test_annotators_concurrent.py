@@ -24,7 +24,6 @@ from annotator_crowd import (
     annotate_concurrently,
     click_line,
 )
-from fixtures_labelstudio import free_port
 from test_training_trigger import caused_runs, loop_runs, ready_events
 
 from annotator import training_trigger
@@ -32,9 +31,10 @@ from annotator.collect import collect
 from annotator.labelstudio.client import client
 from annotator.labelstudio.ml_backend_link import connect_ml_backend
 from annotator.labelstudio.project import ensure_project
-from annotator.ml_backend import TITLE
-from annotator.ml_backend_server import start_backend, stop_backend
 from bookcounter.settings import Settings, get_settings
+from bookcounter.testing import free_port
+from serving.ml_backend.backend import TITLE
+from serving.ml_backend.server import start_backend, stop_backend
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
 

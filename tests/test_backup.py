@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_labelstudio import free_port, save_photo, shelf_photo
+from fixtures_labelstudio import save_photo, shelf_photo
 from fixtures_trainer import make_synthetic_store
 
 from annotator.collect import collect, pending_annotations
@@ -21,9 +21,10 @@ from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.project import ensure_project
 from annotator.labelstudio.server import start_server, stop_server
 from annotator.prelabel import Masker, prelabel
-from bookcounter.backup import MANIFEST, read_manifest
 from bookcounter.dataset_store import DatasetStore
 from bookcounter.settings import REPO_ROOT, Settings, get_settings
+from bookcounter.testing import free_port
+from flows.state_backup import MANIFEST, read_manifest
 from trainer import promote, registry
 
 BOOKCOUNTER = str(Path(sys.executable).parent / "bookcounter")
@@ -56,7 +57,9 @@ def champion_with_a_decision(tiny_model_dir: Path) -> str:
 
 
 @pytest.mark.labelstudio
-def test_backup_while_running_wipe_restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path) -> None:
+def test_backup_while_running_wipe_restore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path
+) -> None:
     state = tmp_path / "var"
     monkeypatch.setenv("BOOKCOUNTER_STATE_DIR", str(state))
     monkeypatch.setenv("BOOKCOUNTER_LS_PORT", str(free_port()))  # a Label Studio of its own, data under state
@@ -69,14 +72,14 @@ def test_backup_while_running_wipe_restore(tmp_path: Path, monkeypatch: pytest.M
         s.inbox_dir.mkdir(parents=True, exist_ok=True)
         for i in range(2):
             save_photo(shelf_photo(96, 64, seed=60 + i), s.inbox_dir / f"b{i}.jpg")
-        prelabel(masker=Masker(None, None))
+        prelabel(s, masker=Masker(None, None))
         save_photo(shelf_photo(96, 64, seed=70), s.inbox_dir / "pending.jpg")  # dropped, not pre-labelled yet
         first, second = sorted(annotations_of(s))
         ls = client(s)
         mask = np.zeros((64, 96), bool)
         mask[8:56, 10:24] = True
         ls.annotations.create(id=first, result=[brush_result(mask)], lead_time=3.0)
-        assert collect().version.name == "v0002"
+        assert collect(s).version.name == "v0002"
         mask[8:56, 40:52] = True
         ls.annotations.create(id=second, result=[brush_result(mask)], lead_time=4.0)  # only in Label Studio's database
         assert pending_annotations(s).count == 1
@@ -96,7 +99,7 @@ def test_backup_while_running_wipe_restore(tmp_path: Path, monkeypatch: pytest.M
 
         before = {
             "annotations": annotations_of(s),
-            "versions": [(v.name, v.manifest()["content_hash"]) for v in DatasetStore.from_settings().versions()],
+            "versions": [(v.name, v.manifest()["content_hash"]) for v in DatasetStore.from_settings(s).versions()],
             "history": promote.history(),
             "models": registry.versions(),
             "secrets": secrets.read_text(),
@@ -113,7 +116,7 @@ def test_backup_while_running_wipe_restore(tmp_path: Path, monkeypatch: pytest.M
     done = cli("restore", str(tmp_path / "backup"))
     assert done.returncode == 0, done.stderr
 
-    store = DatasetStore.from_settings()
+    store = DatasetStore.from_settings(s)
     assert [(v.name, v.manifest()["content_hash"]) for v in store.versions()] == before["versions"]
     assert all(store.verify(v.name) == [] for v in store.versions())
     assert registry.champion().version == champion and registry.load_predictor() is not None
@@ -125,9 +128,9 @@ def test_backup_while_running_wipe_restore(tmp_path: Path, monkeypatch: pytest.M
     try:
         assert annotations_of(s) == before["annotations"]
         assert pending_annotations(s).count == 1
-        made = collect()
+        made = collect(s)
         assert made is not None and made.version.name == "v0003"  # the annotation that was only in Label Studio
-        assert collect() is None  # and no duplicate version
+        assert collect(s) is None  # and no duplicate version
         assert [v.name for v in store.versions()] == ["v0001", "v0002", "v0003"]
     finally:
         stop_server(s)
@@ -153,7 +156,9 @@ def test_restore_elsewhere_points_mlflow_at_the_new_state_dir(
     assert registry.model_dir(retrained.version).is_relative_to(new) and not old.exists()
 
 
-def test_a_damaged_backup_is_refused_before_anything_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_damaged_backup_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("BOOKCOUNTER_STATE_DIR", str(tmp_path / "var"))
     get_settings.cache_clear()
     make_synthetic_store(get_settings().datasets_dir, {"train": 2})
@@ -168,6 +173,7 @@ def test_a_damaged_backup_is_refused_before_anything_is_written(tmp_path: Path, 
     assert not (tmp_path / "other").exists() or not any((tmp_path / "other").iterdir())
 
 
+@pytest.mark.slow  # a Prefect flow (a temporary Prefect server)
 def test_nightly_backup_flow_keeps_the_newest_k(settings: Settings) -> None:
     from flows.backup import backup_flow
 

@@ -43,10 +43,10 @@ def test_human_annotations_become_a_new_version_mask_for_mask(ls_settings: Setti
     save_photo(shelf_photo(W, H, seed=3), inbox / "skipped.jpg", quality=95)
     upright_phone = read_image(inbox / "phone.jpg")
     # champion-style predictions (its own mask head): predictions alone must not make a version
-    report = prelabel(masker=Masker(None, BoxesFromLayout()))
+    report = prelabel(ls_settings, masker=Masker(None, BoxesFromLayout()))
     assert len(report.imported) == 3 and all(n > 0 for n in report.predictions.values())
     store = DatasetStore(ls_settings.datasets_dir)
-    assert collect() is None and store.versions() == []
+    assert collect(ls_settings) is None and store.versions() == []
 
     ls = client(ls_settings)
     tasks = {t.data["file_name"]: t for t in ls.tasks.list(project=ensure_project(ls_settings))}
@@ -54,10 +54,17 @@ def test_human_annotations_become_a_new_version_mask_for_mask(ls_settings: Setti
     polygon_pct = [[62.5, 10.0], [90.0, 12.5], [85.0, 90.0], [65.0, 80.0]]
     polygon = masks.decode(masks.from_polygons([[c for x, y in polygon_pct for c in (x * W / 100, y * H / 100)]], H, W))
     phone_mask = disc(120, 40, 15)
-    polygon_result = {"from_name": "polygon", "to_name": "image", "type": "polygonlabels",
-                      "original_width": W, "original_height": H,
-                      "value": {"points": polygon_pct, "polygonlabels": ["book"], "closed": True}}
-    plain = ls.annotations.create(id=tasks["plain.jpg"].id, result=[brush_result(brush), polygon_result], lead_time=12.5)
+    polygon_result = {
+        "from_name": "polygon",
+        "to_name": "image",
+        "type": "polygonlabels",
+        "original_width": W,
+        "original_height": H,
+        "value": {"points": polygon_pct, "polygonlabels": ["book"], "closed": True},
+    }
+    plain = ls.annotations.create(
+        id=tasks["plain.jpg"].id, result=[brush_result(brush), polygon_result], lead_time=12.5
+    )
     ls.annotations.create(
         id=tasks["phone.jpg"].id,
         result=[brush_result(phone_mask), brush_result(np.zeros((H, W), bool))],  # + an empty mask
@@ -65,7 +72,7 @@ def test_human_annotations_become_a_new_version_mask_for_mask(ls_settings: Setti
     )
     ls.annotations.create(id=tasks["skipped.jpg"].id, result=[brush_result(disc(30, 30, 9))], was_cancelled=True)
 
-    result = collect()
+    result = collect(ls_settings)
 
     assert result is not None and result.created and result.version.name == "v0001"
     assert result.report["empty_masks_skipped"] == 1
@@ -85,10 +92,10 @@ def test_human_annotations_become_a_new_version_mask_for_mask(ls_settings: Setti
     assert np.abs(stored_pixels - np.asarray(upright_phone, float)).mean() < 4, "stored photo is not the upright view"
 
     # nothing new: no version; a later correction of a task: a version with only the latest masks
-    assert collect() is None and len(store.versions()) == 1
+    assert collect(ls_settings) is None and len(store.versions()) == 1
     corrected = disc(40, 60, 12)
     ls.annotations.create(id=tasks["plain.jpg"].id, result=[brush_result(corrected)])
-    second = collect()
+    second = collect(ls_settings)
     assert second is not None and second.version.name == "v0002"
     _, got = stored_masks(second.version, tasks["plain.jpg"].data["sha256"])
     assert len(got) == 1 and iou(got[0], corrected) >= 0.99
@@ -98,9 +105,12 @@ def test_human_annotations_become_a_new_version_mask_for_mask(ls_settings: Setti
 def test_prelabel_recall_and_precision_are_recorded_per_version(ls_settings: Settings) -> None:
     for i in range(3):
         save_photo(shelf_photo(W, H, seed=50 + i), ls_settings.inbox_dir / f"q{i}.jpg", quality=95)
-    prelabel(masker=Masker(None, BoxesFromLayout()))
+    prelabel(ls_settings, masker=Masker(None, BoxesFromLayout()))
     ls = client(ls_settings)
-    tasks = {t["data"]["file_name"]: t for t in (x.dict() for x in ls.tasks.list(project=ensure_project(ls_settings), fields="all"))}
+    tasks = {
+        t["data"]["file_name"]: t
+        for t in (x.dict() for x in ls.tasks.list(project=ensure_project(ls_settings), fields="all"))
+    }
     shown = {name: t["predictions"][0]["result"] for name, t in tasks.items()}
     n = {name: len(r) for name, r in shown.items()}
     assert min(n.values()) >= 2
@@ -109,12 +119,19 @@ def test_prelabel_recall_and_precision_are_recorded_per_version(ls_settings: Set
     added = brush_result(disc(80, 8, 5))  # a book the pre-label missed, and one mask deleted
     ls.annotations.create(id=tasks["q2.jpg"]["id"], result=[added, *shown["q2.jpg"][:-1]])
 
-    result = collect()
+    result = collect(ls_settings)
 
     q = result.version.manifest()["report"]["prelabel_quality"]
     per = {name: q["per_task"][str(t["id"])] for name, t in tasks.items()}
     assert (per["q0.jpg"]["recall"], per["q0.jpg"]["precision"]) == (1.0, 1.0)
     assert per["q1.jpg"]["recall"] == 1.0 and per["q1.jpg"]["precision"] == (n["q1.jpg"] - 1) / n["q1.jpg"] < 1
-    assert per["q2.jpg"]["recall"] == (n["q2.jpg"] - 1) / n["q2.jpg"] and per["q2.jpg"]["precision"] == per["q2.jpg"]["recall"]
-    assert (q["photos"], q["matched"], q["prelabel_masks"]) == (3, n["q0.jpg"] + n["q1.jpg"] - 1 + n["q2.jpg"] - 1, sum(n.values()))
+    assert (
+        per["q2.jpg"]["recall"] == (n["q2.jpg"] - 1) / n["q2.jpg"]
+        and per["q2.jpg"]["precision"] == per["q2.jpg"]["recall"]
+    )
+    assert (q["photos"], q["matched"], q["prelabel_masks"]) == (
+        3,
+        n["q0.jpg"] + n["q1.jpg"] - 1 + n["q2.jpg"] - 1,
+        sum(n.values()),
+    )
     assert q["recall"] == q["matched"] / (n["q0.jpg"] + n["q1.jpg"] - 1 + n["q2.jpg"]) and q["precision"] < 1

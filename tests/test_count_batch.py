@@ -26,7 +26,9 @@ BOOKCOUNTER = Path(sys.executable).with_name("bookcounter")
 
 
 def run_count(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BOOKCOUNTER), "count", *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(
+        [str(BOOKCOUNTER), "count", *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
+    )
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -153,7 +155,13 @@ def test_count_folder_flow_on_a_dask_local_cluster_gives_the_cli_counts(
     by_sha = {r["sha256"]: (r["count"], r["model_version"], r["error"]) for r in rows}
     assert len(by_sha) == len(rows) == len(cli)
     assert by_sha == {r["sha256"]: (r["count"], r["model_version"], r["error"]) for r in cli}
-    assert summary == {"photos": 7, "books": sum(int(r["count"] or 0) for r in cli), "counted": 6, "failed": 1, "skipped": 0}
+    assert summary == {
+        "photos": 7,
+        "books": sum(int(r["count"] or 0) for r in cli),
+        "counted": 6,
+        "failed": 1,
+        "skipped": 0,
+    }
 
     again = count_folder_flow(paths=[str(shelf)], out=str(out), recursive=True)  # Prefect's thread pool this time
     assert again["skipped"] == 7 and again["counted"] == 0 and len(read_csv(out)) == 7
@@ -190,7 +198,9 @@ def test_a_worker_that_dies_mid_batch_has_its_photo_counted_elsewhere_once(
         with Client(cluster) as client:
             client.register_plugin(DieOnFirstTask(str(marker)))
         monkeypatch.setenv(DASK_ADDRESS_ENV, cluster.scheduler_address)
-        summary = count_folder_flow.with_options(task_runner=task_runner())(paths=[str(shelf)], out=str(out), recursive=True)
+        summary = count_folder_flow.with_options(task_runner=task_runner())(
+            paths=[str(shelf)], out=str(out), recursive=True
+        )
     assert marker.is_file()  # a worker did die with a photo in hand
     _, cli = cli_rows
     rows = read_csv(out)

@@ -34,7 +34,7 @@ def extra_masks(n: int) -> list[dict]:
 def prelabelled(settings: Settings, n: int, seed: int) -> tuple[dict[str, dict], int]:
     for i in range(n):
         save_photo(shelf_photo(W, H, seed=seed + i), settings.inbox_dir / f"s{i}.jpg", quality=95)
-    prelabel(masker=Masker(None, BoxesFromLayout()))
+    prelabel(settings, masker=Masker(None, BoxesFromLayout()))
     project = ensure_project(settings)
     listed = client(settings).tasks.list(project=project, fields="all", resolve_uri=False)
     tasks = {t["data"]["file_name"]: t for t in (x.dict() for x in listed)}
@@ -56,7 +56,9 @@ def test_counts_are_task_data_the_tab_lists_gaps_largest_first_and_annotations_s
     predicted = {}
     for name, t in tasks.items():  # the champion's count, set at import
         (pred,) = t["predictions"]
-        assert t["data"]["predicted_count"] == len(pred["result"]) >= 2 and t["data"]["predicted_count_model"] == "layout"
+        assert (
+            t["data"]["predicted_count"] == len(pred["result"]) >= 2 and t["data"]["predicted_count_model"] == "layout"
+        )
         predicted[name] = t["data"]["predicted_count"]
     gaps = {"s0.jpg": 10, "s1.jpg": 9, "s2.jpg": -2, "s3.jpg": 1, "s4.jpg": 0}  # 10 after 9 only as numbers
     for name, gap in gaps.items():
@@ -65,7 +67,7 @@ def test_counts_are_task_data_the_tab_lists_gaps_largest_first_and_annotations_s
         ls.annotations.create(id=tasks[name]["id"], result=result)
     before = annotations_of(ls_settings, [t["id"] for t in tasks.values()])
 
-    assert collect() is not None
+    assert collect(ls_settings) is not None
 
     data = {t.data["file_name"]: t.data for t in ls.tasks.list(project=project, fields="task_only", resolve_uri=False)}
     for name, gap in gaps.items():
@@ -76,13 +78,15 @@ def test_counts_are_task_data_the_tab_lists_gaps_largest_first_and_annotations_s
     (view,) = review_views(ls_settings, project)
     assert {k: view.data[k] for k in review_tab_data()} == review_tab_data()
     assert view.data["columnsDisplayType"]["tasks:data.count_gap"] == "Number"
-    listed = [t.data["file_name"] for t in ls.tasks.list(project=project, view=view.id, fields="task_only", resolve_uri=False)]
+    listed = [
+        t.data["file_name"] for t in ls.tasks.list(project=project, view=view.id, fields="task_only", resolve_uri=False)
+    ]
     assert listed == ["s0.jpg", "s1.jpg", "s2.jpg"]  # |gap| >= 2, largest first; a string sort puts 9 first
 
     # a new champion: every task is counted again by it, the gaps follow, annotations stay
     newer = BoxesFromLayout(max_boxes=2)
     newer.model_version = "layout-2"
-    assert collect(champion=lambda: newer) is None  # nothing new to store, counts still written
+    assert collect(ls_settings, champion=lambda: newer) is None  # nothing new to store, counts still written
     data = {t.data["file_name"]: t.data for t in ls.tasks.list(project=project, fields="task_only", resolve_uri=False)}
     for name, gap in gaps.items():
         assert (data[name]["predicted_count"], data[name]["predicted_count_model"]) == (2, "layout-2")
@@ -90,7 +94,7 @@ def test_counts_are_task_data_the_tab_lists_gaps_largest_first_and_annotations_s
     assert annotations_of(ls_settings, [t["id"] for t in tasks.values()]) == before
     # a corrected annotation: its annotated count follows
     ls.annotations.create(id=tasks["s4.jpg"]["id"], result=tasks["s4.jpg"]["predictions"][0]["result"] + extra_masks(3))
-    assert collect() is not None
+    assert collect(ls_settings) is not None
     s4 = ls.tasks.get(id=str(tasks["s4.jpg"]["id"])).data
     assert (s4["annotated_count"], s4["count_gap"]) == (predicted["s4.jpg"] + 3, predicted["s4.jpg"] + 3 - 2)
     assert len(review_views(ls_settings, project)) == 1  # created once over four runs

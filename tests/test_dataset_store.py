@@ -27,7 +27,9 @@ def _jpeg(w: int = 96, h: int = 72, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def _write_coco(folder: Path, images: list[tuple[str, bytes]], annotations: list[dict], name: str = "data.json") -> Path:
+def _write_coco(
+    folder: Path, images: list[tuple[str, bytes]], annotations: list[dict], name: str = "data.json"
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for i, (fname, data) in enumerate(images, start=1):
@@ -35,7 +37,9 @@ def _write_coco(folder: Path, images: list[tuple[str, bytes]], annotations: list
         w, h = Image.open(io.BytesIO(data)).size
         entries.append({"id": i, "file_name": fname, "width": w, "height": h})
     path = folder / name
-    path.write_text(json.dumps({"images": entries, "annotations": annotations, "categories": [{"id": 1, "name": "book"}]}))
+    path.write_text(
+        json.dumps({"images": entries, "annotations": annotations, "categories": [{"id": 1, "name": "book"}]})
+    )
     return path
 
 
@@ -46,7 +50,7 @@ def _box(ann_id: int, image_id: int, x0: float, y0: float, x1: float, y1: float)
 def _cli(*args: str, state: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "BOOKCOUNTER_STATE_DIR": str(state)}
     return subprocess.run(
-        [sys.executable, "-c", "from bookcounter.cli import main; main()", *args],
+        [sys.executable, "-c", "from flows.main import main; main()", *args],
         capture_output=True, text=True, env=env, timeout=300,
     )
 
@@ -142,6 +146,7 @@ def test_verify_detects_one_flipped_byte(tmp_path: Path) -> None:
     assert r.returncode == 1  # no store there: the one-line error
 
 
+@pytest.mark.slow  # the bookcounter command in a subprocess: torch and all imported each time
 def test_cli_import_list_verify_and_noop(tmp_path: Path) -> None:
     src = _write_coco(tmp_path / "src", [("a.jpg", _jpeg(seed=1))], [_box(1, 1, 5, 5, 20, 40)], name="train.json")
     state = tmp_path / "state"
@@ -175,6 +180,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.slow  # the bookcounter command in a subprocess: torch and all imported each time
 @pytest.mark.parametrize("case", sorted(BAD_INPUTS))
 def test_bad_image_files_fail_cleanly(tmp_path: Path, case: str) -> None:
     fname, data, message = BAD_INPUTS[case]
@@ -192,12 +198,16 @@ def test_bad_image_files_fail_cleanly(tmp_path: Path, case: str) -> None:
 BAD_JSON = {
     "unknown category": (lambda c: c["annotations"][0].update(category_id=7), "unknown category id 7"),
     "duplicate image id": (lambda c: c["images"].append(dict(c["images"][0])), "duplicate image id 1"),
-    "duplicate annotation id": (lambda c: c["annotations"].append(dict(c["annotations"][0])), "duplicate annotation id 1"),
+    "duplicate annotation id": (
+        lambda c: c["annotations"].append(dict(c["annotations"][0])),
+        "duplicate annotation id 1",
+    ),
     "not coco": (lambda c: c.pop("annotations"), "not a COCO instances file"),
     "unknown image": (lambda c: c["annotations"][0].update(image_id=99), "unknown image id 99"),
 }
 
 
+@pytest.mark.slow  # the bookcounter command in a subprocess: torch and all imported each time
 @pytest.mark.parametrize("case", sorted(BAD_JSON))
 def test_bad_coco_json_fails_cleanly(tmp_path: Path, case: str) -> None:
     mutate, message = BAD_JSON[case]
@@ -208,6 +218,7 @@ def test_bad_coco_json_fails_cleanly(tmp_path: Path, case: str) -> None:
     _assert_cli_error(tmp_path, src, [src.name, message])
 
 
+@pytest.mark.slow  # the bookcounter command in a subprocess: torch and all imported each time
 def test_invalid_json_fails_cleanly(tmp_path: Path) -> None:
     src = tmp_path / "src" / "data.json"
     src.parent.mkdir()

@@ -33,18 +33,18 @@ from typing import Any, TypeVar
 import httpx
 import numpy as np
 import pytest
-from fixtures_labelstudio import free_port
 from fixtures_trainer import synthetic_photo, tiny_train_config
 
+from annotator import events
 from annotator.labelstudio.client import client
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.project import create_task, ensure_project, upload_photo
-from bookcounter import events
 from bookcounter import masks as rle
 from bookcounter.dataset_store import DatasetStore, NewImage
 from bookcounter.images import sha256_bytes
 from bookcounter.processes import answers
 from bookcounter.settings import REPO_ROOT, Settings, get_settings
+from bookcounter.testing import free_port
 from flows.prefect_server import prefect_ui_server
 
 pytestmark = [pytest.mark.labelstudio, pytest.mark.slow]
@@ -71,7 +71,7 @@ def starting_dataset(settings: Settings) -> None:
             buf = io.BytesIO()
             image.save(buf, format="PNG")
             items.append(NewImage(buf.getvalue(), f"{split}_{i}.png", [rle.encode(m) for m in masks], split=split))
-    DatasetStore.from_settings().commit(items, source={"name": "synthetic"})
+    DatasetStore.from_settings(settings).commit(items, source={"name": "synthetic"})
 
 
 def tiny_recipe() -> dict[str, Any]:
@@ -249,7 +249,7 @@ def test_annotations_crossing_n_run_the_served_loop_and_the_counting_server_swit
     assert run.parameters["recipe"] == tiny_recipe()
 
     # collect made v0002 = v0001 + the two annotated photos with their books
-    version = DatasetStore.from_settings().latest()
+    version = DatasetStore.from_settings(deployed.settings).latest()
     assert version.name == "v0002"
     coco = version.coco()
     held = {im["sha256"]: im["id"] for im in coco["images"]}

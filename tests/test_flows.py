@@ -26,6 +26,8 @@ from flows.loop import collect_flow, retrain_flow
 from flows.prelabel import prelabel_flow
 from trainer import promote
 
+pytestmark = pytest.mark.slow  # every flow run starts a temporary Prefect server; the retrains train
+
 
 def _recipe(epochs: int = 3) -> dict:
     cfg = tiny_train_config("unused", epochs=epochs).to_dict()
@@ -69,16 +71,18 @@ def test_collect_flow_makes_one_version_per_change(ls_settings: Settings) -> Non
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     _drop_photos(ls_settings, [3, 4])
-    prelabel(masker=Masker(None, BoxesFromLayout()))  # pre-labels whose quality collect measures
+    prelabel(ls_settings, masker=Masker(None, BoxesFromLayout()))  # pre-labels whose quality collect measures
     assert collect_flow() is None  # predictions alone are no dataset
     assert _annotate(ls_settings, _task_ids(ls_settings)) == 2
     assert collect_flow() == "v0001"
     assert collect_flow() is None  # nothing new since
-    assert [v.name for v in DatasetStore.from_settings().versions()] == ["v0001"]
-    q = DatasetStore.from_settings().get("v0001").manifest()["report"]["prelabel_quality"]
+    assert [v.name for v in DatasetStore.from_settings(ls_settings).versions()] == ["v0001"]
+    q = DatasetStore.from_settings(ls_settings).get("v0001").manifest()["report"]["prelabel_quality"]
     assert q["photos"] == 2 and q["human_masks"] == 2
     with get_client(sync_client=True) as prefect:
-        (artifact,) = prefect.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["prelabel-quality"])), limit=1)
+        (artifact,) = prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["prelabel-quality"])), limit=1
+        )
     assert "dataset v0001" in artifact.data and f"{q['matched']} of {q['human_masks']}" in artifact.data
 
 
@@ -107,7 +111,9 @@ def test_retrain_flow_promotes_a_good_model_rejects_a_bad_one_and_skips_a_traine
 
     # a new version, and a model known to count badly (one epoch from scratch): rejected
     photo, masks = synthetic_photo(seed=7, n_books=3)
-    added = store.store.commit([NewImage(_png(photo), "extra.png", [rle.encode(m) for m in masks], split="train")], {"name": "test"})
+    added = store.store.commit(
+        [NewImage(_png(photo), "extra.png", [rle.encode(m) for m in masks], split="train")], {"name": "test"}
+    )
     bad = retrain_flow(dataset=added.version.name, recipe=_recipe(epochs=1))
     assert bad["decision"] == "rejected" and bad["verdict"] in ("worse", "undecided"), bad["reason"]
     assert bad["champion"] == good["candidate"] and registry.champion().version == good["candidate"]
@@ -145,7 +151,7 @@ def test_a_prefect_retrain_and_bookcounter_train_build_the_same_config(
     from typer.testing import CliRunner
 
     import trainer.train
-    from bookcounter.cli import app
+    from flows.main import app
 
     make_synthetic_store(settings.datasets_dir, {"train": 2, "val": 1, "test": 1})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)

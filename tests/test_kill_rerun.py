@@ -34,6 +34,8 @@ from serving.metrics import ServingMetrics
 from serving.model_slot import ModelSlot
 from trainer import promote, registry
 
+pytestmark = pytest.mark.slow  # flows in subprocesses, trained and killed
+
 KILLPOINT_DIR = Path(__file__).parent / "killpoint"
 BOOKCOUNTER = str(Path(sys.executable).parent / "bookcounter")
 KILLPOINT_TIMEOUT_S = 300.0
@@ -52,7 +54,9 @@ def run_until_killed(args: list[str], killpoint: str, tmp_path: Path, after: int
         BOOKCOUNTER_KILLPOINT_MARK=str(mark),
     )
     with open(log, "wb") as out:
-        proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
+        proc = subprocess.Popen(
+            args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True
+        )
     try:
         deadline = time.monotonic() + KILLPOINT_TIMEOUT_S
         while not mark.exists():  # observing the process, not waiting for a guess
@@ -66,7 +70,9 @@ def run_until_killed(args: list[str], killpoint: str, tmp_path: Path, after: int
 
 
 def tasks_of(settings: Settings) -> list[dict]:
-    return [t.dict() for t in client(settings).tasks.list(project=ensure_project(settings), fields="all", resolve_uri=False)]
+    return [
+        t.dict() for t in client(settings).tasks.list(project=ensure_project(settings), fields="all", resolve_uri=False)
+    ]
 
 
 def assert_lock_is_free(path: Path) -> None:
@@ -102,9 +108,11 @@ def test_collect_killed_while_writing_a_version(ls_settings: Settings, tmp_path:
         mask = np.zeros((64, 96), bool)
         mask[10:60, 20:30] = True
         ls.annotations.create(id=task["id"], result=[brush_result(mask)], lead_time=5.0)
-    store = DatasetStore.from_settings()
+    store = DatasetStore.from_settings(ls_settings)
     # killed with the images stored and both files of v0001 written to its temp dir, not yet renamed
-    run_until_killed([BOOKCOUNTER, "flows", "run", "collect"], "bookcounter.dataset_store:_write_synced", tmp_path, after=2)
+    run_until_killed(
+        [BOOKCOUNTER, "flows", "run", "collect"], "bookcounter.dataset_store:_write_file", tmp_path, after=2
+    )
     assert store.versions() == []  # nothing half-written is visible
     assert any(p.name.startswith(".tmp-") for p in store.root.iterdir()), "the kill should have left the temp version"
     assert_lock_is_free(store.root / ".lock")
@@ -145,7 +153,7 @@ def test_retrain_killed_then_rerun(settings: Settings, tmp_path: Path, killpoint
         registry.set_champion(first["candidate"])
     champion = registry.champion().version
     make_synthetic_store(settings.datasets_dir, {"train": 2, "test": 1}, seed=1)  # new photos: v0002
-    assert DatasetStore.from_settings().latest().name == "v0002"
+    assert DatasetStore.from_settings(settings).latest().name == "v0002"
 
     run_until_killed([sys.executable, "-c", RETRAIN, json.dumps(_recipe(epochs=3))], killpoint, tmp_path)
 
@@ -178,7 +186,9 @@ def test_retrain_killed_between_its_decision_and_the_alias_switch(settings: Sett
     champion = registry.champion().version
     make_synthetic_store(settings.datasets_dir, {"train": 2, "test": 1}, seed=1)
 
-    run_until_killed([sys.executable, "-c", RETRAIN, json.dumps(_recipe(epochs=3))], "trainer.promote:_record", tmp_path)
+    run_until_killed(
+        [sys.executable, "-c", RETRAIN, json.dumps(_recipe(epochs=3))], "trainer.promote:_record", tmp_path
+    )
 
     last = promote.history()[-1]
     assert last["dataset_version"] == "v0002" and registry.champion().version == champion  # decided, not switched

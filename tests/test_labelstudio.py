@@ -27,7 +27,11 @@ def test_server_runs_and_status_is_seen_from_another_process(labelstudio: Settin
     assert (labelstudio.run_dir / "labelstudio.pid").read_text().strip() == str(st.pid)
     # a second start is a no-op on the same process
     assert start_server(labelstudio).pid == st.pid
-    env = {**os.environ, "BOOKCOUNTER_STATE_DIR": str(labelstudio.state_dir), "BOOKCOUNTER_LS_PORT": str(labelstudio.ls_port)}
+    env = {
+        **os.environ,
+        "BOOKCOUNTER_STATE_DIR": str(labelstudio.state_dir),
+        "BOOKCOUNTER_LS_PORT": str(labelstudio.ls_port),
+    }
     out = subprocess.run(
         [str(Path(sys.executable).parent / "bookcounter"), "labelstudio", "status"], env=env, capture_output=True, text=True, timeout=300
     )
@@ -46,7 +50,9 @@ def test_project_is_created_once_with_the_mask_config(ls_settings: Settings) -> 
     pid = ensure_project(ls_settings)
     assert ensure_project(ls_settings) == pid
     ls = client(ls_settings)
-    same_title = [p for p in ls.projects.list(title=ls_settings.ls_project_title) if p.title == ls_settings.ls_project_title]
+    same_title = [
+        p for p in ls.projects.list(title=ls_settings.ls_project_title) if p.title == ls_settings.ls_project_title
+    ]
     assert len(same_title) == 1
     config = ls.projects.get(id=pid).label_config
     assert '<BrushLabels name="mask" toName="image">' in config and "<PolygonLabels" in config

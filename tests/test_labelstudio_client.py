@@ -6,12 +6,12 @@ import time
 from pathlib import Path
 
 import pytest
-from fixtures_labelstudio import free_port
 
 from annotator.labelstudio import client
 from annotator.labelstudio.errors import LabelStudioUnavailable
 from annotator.labelstudio.project import ensure_project, fetch_photo
 from bookcounter.settings import Settings
+from bookcounter.testing import free_port
 
 
 class RecordedSleeps:
@@ -43,7 +43,9 @@ def test_a_dead_server_costs_the_sdk_retries_once_then_one_line(
     tmp_path: Path, waits: list[float], request_kind: str
 ) -> None:
     dead = Settings(state_dir=tmp_path / "var", ls_port=free_port())  # nobody listens there
-    with pytest.raises(LabelStudioUnavailable, match="is not reachable .*ConnectError after 5 retries over 31 s.*labelstudio start"):
+    with pytest.raises(
+        LabelStudioUnavailable, match="is not reachable .*ConnectError after 5 retries over 31 s.*labelstudio start"
+    ):
         if request_kind == "sdk method":
             ensure_project(dead)
         else:

@@ -31,7 +31,9 @@ def test_tab_exists_once_and_lists_unannotated_tasks_least_sure_first(ls_setting
     ids = {}
     for name, score in (("sure", 0.9), ("unsure", 0.2), ("middle", 0.5)):
         data = {"image": f"/data/upload/{name}.png", "sha256": name * 4, "file_name": f"{name}.png"}
-        ids[name] = create_task(ls_settings, pid, data, [{"model_version": "maskrcnn-v7", "score": score, "result": []}])
+        ids[name] = create_task(
+            ls_settings, pid, data, [{"model_version": "maskrcnn-v7", "score": score, "result": []}]
+        )
     set_model_version(ls_settings, pid, "maskrcnn-v7")
     ls = client(ls_settings)
     listed = [t.id for t in ls.tasks.list(project=pid, view=tab.id, fields="task_only")]
@@ -50,7 +52,7 @@ def test_prelabel_scores_by_the_champions_count_confidence(ls_settings: Settings
     predictor = Predictor(tiny_model_dir, device="cpu", model_version="3")
     photo, _ = synthetic_photo(5, 4)
     save_photo(photo, ls_settings.inbox_dir / "p.png")
-    prelabel(masker=Masker(None, predictor), settings=ls_settings)
+    prelabel(ls_settings, masker=Masker(None, predictor))
     pid = ensure_project(ls_settings)
     (task,) = [t.dict() for t in client(ls_settings).tasks.list(project=pid, fields="all", resolve_uri=False)]
     (pred,) = task["predictions"]

@@ -7,7 +7,6 @@ runs in this process under uvicorn (a thread); ``tests/test_training_trigger.py`
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,20 +23,14 @@ from PIL import Image
 from annotator.labelstudio.client import client
 from annotator.labelstudio.ml_backend_link import connect_ml_backend
 from annotator.labelstudio.project import create_task, ensure_project, upload_photo
-from annotator.ml_backend import TITLE
-from annotator.ml_backend_server import start_backend, stop_backend
 from bookcounter.images import sha256_bytes
 from bookcounter.settings import Settings, get_settings
-from serving.ml_backend_app import create_app
+from bookcounter.testing import free_port
+from serving.ml_backend.backend import TITLE
+from serving.ml_backend.server import create_app, start_backend, stop_backend
 from trainer.registry import load_predictor
 
 pytestmark = pytest.mark.labelstudio
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +97,11 @@ def test_click_and_box_get_a_mask_through_label_studio_and_the_embedding_is_comp
     task = add_task(ls_settings, project, path)
     before = encoder_calls(sam_backend)
 
-    for regions in ([kp(40, 55)], [rect(30, 20, 15, 60)], [kp(40, 55), kp(45, 30, positive=False), rect(30, 20, 15, 60)]):
+    for regions in (
+        [kp(40, 55)],
+        [rect(30, 20, 15, 60)],
+        [kp(40, 55), kp(45, 30, positive=False), rect(30, 20, 15, 60)],
+    ):
         answer = interactive(ls_settings, backend_id, task["id"], regions)
         assert "errors" not in answer, answer
         (result,) = answer["data"]["result"]
@@ -124,7 +121,9 @@ def test_a_photo_pre_encoded_at_import_needs_no_encoder_run_at_its_first_click(
 ):
     # what prelabel does when it imports a task: embed the photo under its sha256 into the shared disk cache
     path = photo(sample_dir, 5)
-    make_segmenter(cache_dir=sam_backend.embeddings_dir, max_mb=256).pre_encode([(sha256_bytes(path.read_bytes()), path)])
+    make_segmenter(cache_dir=sam_backend.embeddings_dir, max_mb=256).pre_encode(
+        [(sha256_bytes(path.read_bytes()), path)]
+    )
     project = ensure_project(ls_settings)
     backend_id = connect_ml_backend(ls_settings, project, sam_backend.ml_backend_url, TITLE)
     task = add_task(ls_settings, project, path)
@@ -134,7 +133,9 @@ def test_a_photo_pre_encoded_at_import_needs_no_encoder_run_at_its_first_click(
     assert encoder_calls(sam_backend) == before
 
 
-def test_rerunning_setup_leaves_exactly_one_backend_and_removes_a_stale_one(sam_backend: Settings, ls_settings: Settings):
+def test_rerunning_setup_leaves_exactly_one_backend_and_removes_a_stale_one(
+    sam_backend: Settings, ls_settings: Settings
+):
     ls = client(ls_settings)
     project = ensure_project(ls_settings)
     url = sam_backend.ml_backend_url
@@ -205,7 +206,9 @@ def test_concurrent_clicks_on_different_photos_each_encode_once(
     assert encoder_calls(sam_backend) == before + 2
 
 
-def test_without_sam_or_a_champion_a_prompt_says_what_is_missing(labelstudio: Settings, ls_settings: Settings, sample_dir: Path):
+def test_without_sam_or_a_champion_a_prompt_says_what_is_missing(
+    labelstudio: Settings, ls_settings: Settings, sample_dir: Path
+):
     project = ensure_project(ls_settings)
     task = add_task(ls_settings, project, photo(sample_dir, 0))
     with backend_in_thread(ls_settings) as url:
@@ -264,7 +267,12 @@ def test_without_sam_a_box_and_a_click_are_answered_by_the_champion(
         task = add_task(settings, project, path)
         ys, xs = np.nonzero(books[0])
         w, h = image.size
-        box = rect(100 * xs.min() / w, 100 * ys.min() / h, 100 * (xs.max() + 1 - xs.min()) / w, 100 * (ys.max() + 1 - ys.min()) / h)
+        box = rect(
+            100 * xs.min() / w,
+            100 * ys.min() / h,
+            100 * (xs.max() + 1 - xs.min()) / w,
+            100 * (ys.max() + 1 - ys.min()) / h,
+        )
         with backend_in_thread(settings) as url:
             backend_id = connect_ml_backend(settings, project, url, TITLE)
             answer = interactive(settings, backend_id, task["id"], [box])

@@ -27,10 +27,10 @@ from annotator.labelstudio.client import client
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.project import ensure_project, task_shas
 from annotator.prelabel import Masker, prelabel
-from bookcounter.backup import read_manifest
 from bookcounter.dataset_store import DatasetStore
 from bookcounter.images import sha256_bytes
 from bookcounter.settings import REPO_ROOT, Settings, get_settings
+from flows.state_backup import read_manifest
 from trainer import registry
 
 BOOKCOUNTER = str(Path(sys.executable).parent / "bookcounter")
@@ -137,7 +137,7 @@ def test_the_loop_with_label_studio_mlflow_and_prefect_on_postgresql(
     assert not list(prefect_server_pg.prefect_home.glob("*.db"))
 
     # promoted: the candidate beat the median baseline on the test split; the served count is the champion's
-    version = DatasetStore.from_settings().get("v0001")
+    version = DatasetStore.from_settings(pg_settings).get("v0001")
     assert decision["decision"] == "promoted", decision
     assert registry.champion().version == decision["candidate"]
     test_photos = version.coco("test")["images"]
@@ -170,7 +170,7 @@ def test_backup_dumps_the_postgresql_databases_and_restore_loads_them_into_empty
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     (settings.inbox_dir / "shelf.png").write_bytes(buf.getvalue())
-    prelabel(masker=Masker(None, None))
+    prelabel(settings, masker=Masker(None, None))
     (task_id,) = task_shas(settings, project).values()
     client(settings).annotations.create(id=task_id, result=[brush_result(m) for m in masks], lead_time=3.0)
     before = {"annotations": annotations_in(postgres, labelstudio_pg.ls_database_url, project),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from bad_images import BOMB_MESSAGE, TINY_MESSAGE, bomb_png, tiny_jpeg
-from fixtures_labelstudio import BoxesFromLayout, free_port, save_photo, shelf_photo
+from fixtures_labelstudio import BoxesFromLayout, save_photo, shelf_photo
 from PIL import Image
 
 from annotator.labelstudio.client import client
@@ -21,6 +21,7 @@ from annotator.prelabel import Masker, prelabel
 from bookcounter.errors import UserError
 from bookcounter.images import read_image, sha256_file
 from bookcounter.settings import Settings, get_settings
+from bookcounter.testing import free_port
 
 pytestmark = pytest.mark.labelstudio
 
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.labelstudio
 def segmenter():
     from annotator.sam import load_segmenter
 
-    return load_segmenter("vit_t", random_init=True)
+    return load_segmenter(get_settings(), "vit_t", random_init=True)
 
 
 def tasks_of(settings: Settings) -> list[dict]:
@@ -44,7 +45,7 @@ def test_photos_become_tasks_with_sam_predictions_once(ls_settings: Settings, se
     shas = {p.name: sha256_file(p) for p in photos}
     masker = Masker(segmenter, BoxesFromLayout(max_boxes=4))
 
-    report = prelabel(masker=masker)
+    report = prelabel(ls_settings, masker=masker)
 
     assert sorted(report.imported) == sorted(shas) and not report.rejected
     assert report.model_version == "sam-vit_t+maskrcnn-vlayout"
@@ -62,7 +63,7 @@ def test_photos_become_tasks_with_sam_predictions_once(ls_settings: Settings, se
     # the same photos again (a re-run, or dropped twice): no new task, photos still filed
     for p in photos:
         (inbox / "done" / p.name).rename(p)
-    again = prelabel(masker=masker)
+    again = prelabel(ls_settings, masker=masker)
     assert not again.imported and sorted(again.already_there) == sorted(shas)
     assert len(tasks_of(ls_settings)) == 2
     assert not any(inbox.glob("*.jpg"))
@@ -81,7 +82,7 @@ def test_before_any_model_the_sam_point_grid_makes_the_predictions(
     inbox = ls_settings.inbox_dir
     photos = [save_photo(shelf_photo(160, 120, seed=60 + i), inbox / f"grid{i}.jpg", quality=92) for i in range(2)]
 
-    report = prelabel(masker=Masker(segmenter, None))
+    report = prelabel(ls_settings, masker=Masker(segmenter, None))
 
     assert sorted(report.imported) == sorted(p.name for p in photos) and report.model_version == "sam-vit_t"
     tasks = tasks_of(ls_settings)
@@ -99,7 +100,7 @@ def test_before_any_model_the_sam_point_grid_makes_the_predictions(
 
 def test_a_6000px_photo_is_segmented_at_full_size(ls_settings: Settings, segmenter) -> None:
     save_photo(shelf_photo(6000, 1500, seed=7), ls_settings.inbox_dir / "wide.jpg", quality=85)
-    report = prelabel(masker=Masker(segmenter, BoxesFromLayout(max_boxes=1)))
+    report = prelabel(ls_settings, masker=Masker(segmenter, BoxesFromLayout(max_boxes=1)))
     assert list(report.imported) == ["wide.jpg"]
     (task,) = tasks_of(ls_settings)
     results = task["predictions"][0]["result"]
@@ -130,7 +131,7 @@ def test_bad_photos_are_rejected_or_normalised(ls_settings: Settings) -> None:
     save_photo(shelf, inbox / "phone.jpg", exif_orientation=6, quality=95)
     expected_upright = {n: read_image(inbox / n) for n in ("alpha.png", "deep.png", "gray.jpg", "phone.jpg")}
 
-    report = prelabel(masker=Masker(None, None))
+    report = prelabel(ls_settings, masker=Masker(None, None))
 
     assert sorted(report.rejected) == ["bomb.png", "corrupt.jpg", "empty.jpg", "notes.txt", "tiny.jpg", "truncated.jpg"]
     for name, reason in report.rejected.items():
@@ -152,10 +153,10 @@ def test_bad_photos_are_rejected_or_normalised(ls_settings: Settings) -> None:
 
 
 def test_empty_or_missing_inbox(ls_settings: Settings, tmp_path: Path) -> None:
-    report = prelabel(masker=Masker(None, None))
+    report = prelabel(ls_settings, masker=Masker(None, None))
     assert (report.imported, report.already_there, report.rejected) == ({}, {}, {})
     with pytest.raises(UserError, match="does not exist"):
-        prelabel(tmp_path / "nope")
+        prelabel(ls_settings, tmp_path / "nope")
 
 
 def test_label_studio_down_gives_a_clear_error_and_a_rerun_completes(
@@ -167,13 +168,13 @@ def test_label_studio_down_gives_a_clear_error_and_a_rerun_completes(
     monkeypatch.setenv("BOOKCOUNTER_LS_PORT", str(free_port()))  # nobody listens there
     get_settings.cache_clear()
     with pytest.raises(LabelStudioUnavailable, match="not reachable.*bookcounter labelstudio start"):
-        prelabel(masker=Masker(None, None))
+        prelabel(get_settings(), masker=Masker(None, None))
     assert len(list(ls_settings.inbox_dir.glob("*.jpg"))) == 2  # nothing lost, nothing filed
     monkeypatch.undo()
     monkeypatch.setenv("BOOKCOUNTER_STATE_DIR", str(ls_settings.state_dir))
     monkeypatch.setenv("BOOKCOUNTER_LS_PROJECT_TITLE", ls_settings.ls_project_title)
     get_settings.cache_clear()
-    assert len(prelabel(masker=Masker(None, None)).imported) == 2
+    assert len(prelabel(get_settings(), masker=Masker(None, None)).imported) == 2
     assert len(tasks_of(get_settings())) == 2
 
 
@@ -198,7 +199,7 @@ def test_label_studio_restarting_mid_import(ls_settings: Settings, labelstudio: 
     for i in range(3):
         save_photo(shelf_photo(96, 64, seed=30 + i), ls_settings.inbox_dir / f"r{i}.jpg")
     masker = RestartingMasker(labelstudio)
-    report = prelabel(masker=masker)
+    report = prelabel(ls_settings, masker=masker)
     masker.restart.join(timeout=300)  # start_server waits for /health itself; this bounds the rest
     assert not masker.restart.is_alive(), "Label Studio's restart did not finish within 300 s"
     assert len(report.imported) == 3

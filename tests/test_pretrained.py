@@ -75,7 +75,9 @@ def test_model_json_records_the_weights_and_normalisation(tiny_dataset, tmp_path
     from trainer.train import train_and_save
 
     cfg = tiny_train_config(tiny_dataset.version.name, epochs=1)
-    cfg.model = ModelConfig(backbone="efficientnet_lite0_fpn", image_size=TINY_SIZE, width=32, anchor_size=80, detections_per_img=30)
+    cfg.model = ModelConfig(
+        backbone="efficientnet_lite0_fpn", image_size=TINY_SIZE, width=32, anchor_size=80, detections_per_img=30
+    )
     cfg.init = "imagenet"
     out = train_and_save(cfg, tiny_dataset.store, tmp_path / "run", progress=False, log=lambda _: None)
     meta = json.loads((out / "model.json").read_text())

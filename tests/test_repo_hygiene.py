@@ -100,7 +100,9 @@ def broken_links(markdown_files: list[Path]) -> list[str]:
 
 def test_no_machine_specific_paths() -> None:
     found = machine_paths(tracked_files())
-    assert not found, "machine-specific paths (use a placeholder such as MODEL_DIR, or tmp_path in tests):\n" + "\n".join(found)
+    assert not found, (
+        "machine-specific paths (use a placeholder such as MODEL_DIR, or tmp_path in tests):\n" + "\n".join(found)
+    )
 
 
 def test_machine_path_check_catches_one(tmp_path: Path) -> None:
@@ -123,4 +125,7 @@ def test_link_check_catches_a_missing_file_and_heading(tmp_path: Path) -> None:
     (tmp_path / "a.md").write_text("# Top\n\n## Two words\n\n[ok](#two-words) [ok](a.md#top)\n")
     (tmp_path / "b.md").write_text("[gone](missing.md) [gone](a.md#nowhere) [web](https://example.org/x)\n")
     assert broken_links([tmp_path / "a.md"]) == []
-    assert broken_links([tmp_path / "b.md"]) == ["b.md: missing.md (no such file)", "b.md: a.md#nowhere (no such heading)"]
+    assert broken_links([tmp_path / "b.md"]) == [
+        "b.md: missing.md (no such file)",
+        "b.md: a.md#nowhere (no such heading)",
+    ]

@@ -72,7 +72,9 @@ def test_predict_points_returns_the_best_mask_by_predicted_iou(embedded):
     mask, score = seg.predict_points(emb, np.array([[19, 100]]), np.array([1]))
     assert mask.shape == (240, 320) and mask.dtype == bool
     assert score == pytest.approx(float(iou[0, 1:].max()), abs=1e-5)  # one click: best of the 3 multimask outputs
-    mask2, score2 = seg.predict_points(emb, np.array([[19, 100], [44, 100]]), np.array([1, 0]), box=np.array([5, 20, 40, 220]))
+    mask2, score2 = seg.predict_points(
+        emb, np.array([[19, 100], [44, 100]]), np.array([1, 0]), box=np.array([5, 20, 40, 220])
+    )
     assert mask2.shape == (240, 320) and np.isfinite(score2)
 
 
@@ -163,7 +165,7 @@ def test_generate_keeps_only_book_like_non_overlapping_masks(embedded):
 
 
 def test_load_segmenter_without_a_checkpoint_is_none_unless_random_init(settings):
-    assert load_segmenter("vit_t") is None
-    seg = load_segmenter("vit_t", random_init=True)
+    assert load_segmenter(settings, "vit_t") is None
+    seg = load_segmenter(settings, "vit_t", random_init=True)
     assert seg is not None and seg.model_type == "vit_t" and seg.namespace == "vit_t-random"
     assert seg.cache is not None and seg.cache.root == settings.embeddings_dir

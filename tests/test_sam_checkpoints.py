@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from annotator.sam import CheckpointError, checkpoints, load_segmenter
 from annotator.sam.embedding_cache import EmbeddingCache
-from bookcounter.cli import app
 from bookcounter.errors import UserError
 from bookcounter.images import sha256_file
+from flows.main import app
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +24,7 @@ def vit_t_checkpoint(vit_t_model, tmp_path_factory) -> Path:
 
 
 def test_a_checkpoint_loads_strictly_and_names_the_cache_by_its_hash(settings, vit_t_checkpoint, vit_t_model):
-    seg = load_segmenter("vit_t", checkpoint=vit_t_checkpoint)
+    seg = load_segmenter(settings, "vit_t", checkpoint=vit_t_checkpoint)
     assert seg is not None and seg.namespace == f"vit_t-{sha256_file(vit_t_checkpoint)[:12]}"
     for k, v in vit_t_model.state_dict().items():
         assert torch.equal(seg.sam.state_dict()[k], v), k
@@ -52,7 +52,7 @@ def test_a_corrupt_or_foreign_checkpoint_is_one_clear_user_error(settings, tmp_p
     else:
         path.write_bytes(content)
     with pytest.raises(UserError, match=message) as err:
-        load_segmenter("vit_t", checkpoint=path)
+        load_segmenter(settings, "vit_t", checkpoint=path)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
@@ -61,28 +61,36 @@ def test_an_official_file_with_the_wrong_hash_is_reported_corrupt(settings, vit_
     cached.parent.mkdir(parents=True)
     cached.write_bytes(vit_t_checkpoint.read_bytes()[:1000])  # a truncated download
     with pytest.raises(CheckpointError, match="sha256 differs"):
-        load_segmenter("vit_t")
+        load_segmenter(settings, "vit_t")
 
 
 def test_setup_models_downloads_verifies_and_records_then_load_finds_it(settings, vit_t_checkpoint, monkeypatch):
-    fake = checkpoints.OfficialCheckpoint(vit_t_checkpoint.as_uri(), sha256_file(vit_t_checkpoint), None)
+    fake = checkpoints.OfficialCheckpoint(vit_t_checkpoint.as_uri(), sha256_file(vit_t_checkpoint))
     monkeypatch.setitem(checkpoints.OFFICIAL, "vit_t", fake)
     result = CliRunner().invoke(app, ["setup-models", "--sam-model-type", "vit_t"])
     assert result.exit_code == 0, result.output
     target = settings.models_dir / "sam" / vit_t_checkpoint.name
     assert sha256_file(target) == fake.sha256
     assert (target.parent / (target.name + ".sha256")).read_text().split()[0] == fake.sha256
-    assert load_segmenter("vit_t") is not None
+    assert load_segmenter(settings, "vit_t") is not None
 
 
 def test_setup_models_without_internet_says_so_in_one_line_and_continues(settings, tmp_path, monkeypatch):
-    unreachable = checkpoints.OfficialCheckpoint((tmp_path / "nowhere" / "mobile_sam.pt").as_uri(), "0" * 64, None)
+    unreachable = checkpoints.OfficialCheckpoint((tmp_path / "nowhere" / "mobile_sam.pt").as_uri(), "0" * 64)
     monkeypatch.setitem(checkpoints.OFFICIAL, "vit_t", unreachable)
     result = CliRunner().invoke(app, ["setup-models"])
     assert result.exit_code == 0
     lines = [line for line in result.output.splitlines() if "vit_t" in line]
     assert len(lines) == 1 and "not available" in lines[0]
     assert not list((settings.models_dir / "sam").glob("*.pt"))
+
+
+def test_a_download_with_the_wrong_sha256_is_not_kept(settings, vit_t_checkpoint, monkeypatch):
+    wrong = checkpoints.OfficialCheckpoint(vit_t_checkpoint.as_uri(), "0" * 64)
+    monkeypatch.setitem(checkpoints.OFFICIAL, "vit_t", wrong)
+    with pytest.raises(CheckpointError, match="invalid hash value"):
+        checkpoints.download(settings, "vit_t")
+    assert not (settings.models_dir / "sam").exists() or not list((settings.models_dir / "sam").iterdir())
 
 
 def _record(n: int) -> dict:

@@ -66,14 +66,14 @@ def test_batched_boxes_agree_and_all_four_outputs_match(both):
 
 def test_the_export_is_reused_on_the_second_start(settings, caplog):
     caplog.set_level(logging.INFO, logger="annotator.sam.onnx_decoder")
-    first = load_segmenter("vit_t", random_init=True, device="cpu")
+    first = load_segmenter(settings, "vit_t", random_init=True, device="cpu")
     assert first.onnx_decoder is not None and first.onnx_decoder.exported
     path = first.onnx_decoder.path
     assert path.parent == settings.models_dir / "sam-onnx" and path.name.startswith("vit_t-random-")
     mtime = path.stat().st_mtime_ns
     assert "exported SAM's prompt path" in caplog.text
     caplog.clear()
-    second = load_segmenter("vit_t", random_init=True, device="cpu")  # a new process: same file, no export
+    second = load_segmenter(settings, "vit_t", random_init=True, device="cpu")  # a new process: same file, no export
     assert second.onnx_decoder is not None and not second.onnx_decoder.exported
     assert second.onnx_decoder.path == path and path.stat().st_mtime_ns == mtime
     assert "exported" not in caplog.text and "(cached)" in caplog.text
@@ -85,7 +85,7 @@ def test_a_corrupt_export_falls_back_to_pytorch_with_the_reason_in_the_log(setti
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\x08\x07 half a protobuf")
     with caplog.at_level(logging.WARNING, logger="annotator.sam.onnx_decoder"):
-        seg = load_segmenter("vit_t", random_init=True, device="cpu")
+        seg = load_segmenter(settings, "vit_t", random_init=True, device="cpu")
     assert seg.onnx_decoder is None
     (record,) = [r for r in caplog.records if "stays on PyTorch" in r.getMessage()]
     assert "load failed" in record.getMessage() and str(path) in record.getMessage()
@@ -98,5 +98,5 @@ def test_the_torch_setting_keeps_the_prompt_path_on_pytorch(settings, monkeypatc
     from bookcounter.settings import get_settings
 
     get_settings.cache_clear()
-    seg = load_segmenter("vit_t", random_init=True, device="cpu")
+    seg = load_segmenter(get_settings(), "vit_t", random_init=True, device="cpu")
     assert seg.onnx_decoder is None and not (settings.models_dir / "sam-onnx").exists()

@@ -47,12 +47,18 @@ def test_first_use_generates_private_secrets_once_per_install(no_secret_env, tmp
     other = Settings(state_dir=tmp_path / "other").ls_secrets
     assert other.password.get_secret_value() != password and other.token.get_secret_value() != token
     for value in (password, token):
-        assert value not in repr(settings) and value not in settings.model_dump_json() and value not in str(settings.ls_secrets)
+        assert (
+            value not in repr(settings)
+            and value not in settings.model_dump_json()
+            and value not in str(settings.ls_secrets)
+        )
     env = server_env(settings)
     assert (env["LABEL_STUDIO_PASSWORD"], env["LABEL_STUDIO_USER_TOKEN"]) == (password, token)
 
 
-def test_environment_and_dotenv_override_the_file(no_secret_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_and_dotenv_override_the_file(
+    no_secret_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(TOKEN_KEY, "t" * 40)
     Path(".env").write_text(f"{PASSWORD_KEY}=from-dotenv-password\n")
     settings = Settings(state_dir=tmp_path / "var")
@@ -70,7 +76,9 @@ def test_environment_and_dotenv_override_the_file(no_secret_env, tmp_path: Path,
     assert not (tmp_path / "var3" / "secrets.env").exists()  # both given: no file needed
 
 
-def test_a_token_too_long_for_label_studio_is_refused(no_secret_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_token_too_long_for_label_studio_is_refused(
+    no_secret_env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv(TOKEN_KEY, "x" * 41)
     with pytest.raises(ValueError, match="40"):
         Settings(state_dir=tmp_path / "var")

@@ -1,7 +1,7 @@
-"""``bookcounter status`` and ``bookcounter stop``: every service in one list, and only ours stopped.
+"""``bookcounter start|status|stop``: every service in one list, and only ours stopped.
 
 Two real services (the Prefect UI and the MLflow UI, the cheapest to start) are started the way
-a person starts them, and a server that bookcounter did not start listens on the ML backend's
+a person starts them (``bookcounter start``), and a server that bookcounter did not start listens on the ML backend's
 port: ``status`` must tell them apart and ``stop`` must end ours, every process of them, and
 leave the other alone.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import psutil
 import pytest
-from fixtures_labelstudio import free_port
 
-from bookcounter.processes import Server, group_alive, is_alive, wait_healthy
+from bookcounter.processes import group_alive, is_alive
 from bookcounter.settings import Settings, get_settings
+from bookcounter.testing import free_port, wait_until_answers
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +40,8 @@ http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Ok).serve_forever()
 
 
 def bookcounter(*args: str) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).parent / "bookcounter"
-    done = subprocess.run([str(exe), *args], env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    cmd = [sys.executable, "-m", "flows.main", *args]  # the ``bookcounter`` command
+    done = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done
 
@@ -78,9 +78,12 @@ def test_status_lists_every_service_and_stop_ends_only_ours(own_settings: Settin
     foreign = subprocess.Popen([sys.executable, "-c", FOREIGN, str(settings.ml_backend_port)])
     ours = {"prefect-server": prefect_ui_server(settings), "mlflow-ui": ui_server(settings)}
     try:
-        starting = [subprocess.Popen([str(Path(sys.executable).parent / "bookcounter"), "ui", ui]) for ui in ("prefect", "mlflow")]
-        assert [p.wait(timeout=300) for p in starting] == [0, 0]
-        wait_healthy(f"{settings.ml_backend_url}/health", 60, Server("foreign", settings.run_dir), foreign)
+        out = bookcounter("start", "prefect-server", "mlflow-ui").stdout
+        assert out.splitlines() == [
+            f"MLflow UI (mlflow-ui): started at {settings.mlflow_ui_url}",
+            f"Prefect UI (prefect-server): started at {ui_url(settings)}",
+        ]
+        wait_until_answers(f"{settings.ml_backend_url}/health", 60, foreign)
         pids = {name: server.pid() for name, server in ours.items()}
         assert all(pids.values()), pids
         # the MLflow UI is one web worker, no job consumers (MLflow's defaults: 15 processes, 2.6 GB)

@@ -76,8 +76,12 @@ def test_overlay_is_a_png_with_every_counted_book_drawn(served_champion: Served,
     photo, _ = known_photo
     big = photo.resize((288, 288), Image.Resampling.NEAREST)  # larger than the model's 96 px
     data = encode(big)
-    counted = httpx.post(f"{served_champion.url}/count", content=data, headers={"content-type": "image/png"}, timeout=60).json()
-    r = httpx.post(f"{served_champion.url}/count?overlay=1", content=data, headers={"content-type": "image/png"}, timeout=60)
+    counted = httpx.post(
+        f"{served_champion.url}/count", content=data, headers={"content-type": "image/png"}, timeout=60
+    ).json()
+    r = httpx.post(
+        f"{served_champion.url}/count?overlay=1", content=data, headers={"content-type": "image/png"}, timeout=60
+    )
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     overlay = Image.open(io.BytesIO(r.content))
     assert overlay.format == "PNG" and overlay.size == big.size
@@ -142,7 +146,10 @@ BAD_INPUTS = {
     "far over the size limit": (413, dict(content=HUGE, headers={"content-type": "image/jpeg"})),
     "over the size limit, streamed": (413, dict(content=_chunks(NOISE), headers={"content-type": "image/jpeg"})),
     "over the size limit, multipart": (413, dict(files={"image": ("big.jpg", NOISE, "image/jpeg")})),
-    "over the megapixel limit": (413, dict(content=encode(Image.new("L", (200, 200))), headers={"content-type": "image/png"})),
+    "over the megapixel limit": (
+        413,
+        dict(content=encode(Image.new("L", (200, 200))), headers={"content-type": "image/png"}),
+    ),
     "decompression bomb": (413, dict(content=bomb_png(), headers={"content-type": "image/png"})),
     "too small to count": (422, dict(content=tiny_jpeg(), headers={"content-type": "image/jpeg"})),
     "too small to count, multipart": (422, dict(files={"image": ("tiny.jpg", tiny_jpeg(), "image/jpeg")})),
@@ -176,7 +183,9 @@ def test_bomb_and_tiny_photo_are_refused_with_the_limit_they_break(served_champi
     assert bomb.status_code == 413 and BOMB_MESSAGE in bomb.json()["detail"], bomb.text
     assert "corrupt" not in bomb.json()["detail"] and "1600.0 megapixels" in bomb.json()["detail"]
     tiny = post(tiny_jpeg(), "image/jpeg")
-    assert tiny.status_code == 422 and TINY_MESSAGE in tiny.json()["detail"] and "8x8" in tiny.json()["detail"], tiny.text
+    assert tiny.status_code == 422 and TINY_MESSAGE in tiny.json()["detail"] and "8x8" in tiny.json()["detail"], (
+        tiny.text
+    )
     assert post(tiny_jpeg(63), "image/jpeg").status_code == 422
     smallest = post(encode(synthetic_photo(3, 2)[0].resize((64, 64))), "image/png")
     assert smallest.status_code == 200 and smallest.json()["width"] == 64

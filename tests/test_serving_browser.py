@@ -49,7 +49,9 @@ def test_page_counts_an_uploaded_photo_and_draws_its_masks(served_champion: Serv
     page.wait_for_selector("#result:not([hidden])", timeout=60_000)
     import httpx
 
-    expected = httpx.post(f"{served_champion.url}/count", files={"image": ("s.png", path.read_bytes(), "image/png")}).json()
+    expected = httpx.post(
+        f"{served_champion.url}/count", files={"image": ("s.png", path.read_bytes(), "image/png")}
+    ).json()
     assert expected["count"] > 0
     assert page.inner_text("#count") == str(expected["count"])
     assert f"model v{version}" in page.inner_text("#details")
@@ -82,7 +84,9 @@ def test_page_counts_an_uploaded_photo_and_draws_its_masks(served_champion: Serv
     page.close()
 
 
-def test_page_counts_several_photos_into_a_table_with_a_total_and_a_csv(served_champion: Served, browser, tmp_path: Path) -> None:
+def test_page_counts_several_photos_into_a_table_with_a_total_and_a_csv(
+    served_champion: Served, browser, tmp_path: Path
+) -> None:
     import csv
 
     import httpx
@@ -93,7 +97,9 @@ def test_page_counts_several_photos_into_a_table_with_a_total_and_a_csv(served_c
         synthetic_photo(seed, books)[0].resize((192, 192), Image.Resampling.NEAREST).save(paths[-1])
     paths.insert(1, tmp_path / "broken.jpg")
     paths[1].write_bytes(b"this is not a photo")
-    expected = [httpx.post(f"{served_champion.url}/count", files={"image": (p.name, p.read_bytes())}, timeout=60) for p in paths]
+    expected = [
+        httpx.post(f"{served_champion.url}/count", files={"image": (p.name, p.read_bytes())}, timeout=60) for p in paths
+    ]
     assert [r.status_code for r in expected] == [200, 400, 200]
     counts = [expected[0].json()["count"], None, expected[2].json()["count"]]
 
@@ -121,8 +127,13 @@ def test_page_counts_several_photos_into_a_table_with_a_total_and_a_csv(served_c
         page.click("#download-csv")
     with open(download.value.path(), newline="") as f:
         table = list(csv.DictReader(f))
-    assert [(r["photo"], r["count"]) for r in table] == [(p.name, "" if c is None else str(c)) for p, c in zip(paths, counts)]
-    assert "not an image" in table[1]["error"] and table[0]["model_version"] == served_champion.app.state.slot.current.version
+    assert [(r["photo"], r["count"]) for r in table] == [
+        (p.name, "" if c is None else str(c)) for p, c in zip(paths, counts)
+    ]
+    assert (
+        "not an image" in table[1]["error"]
+        and table[0]["model_version"] == served_champion.app.state.slot.current.version
+    )
 
     page.set_input_files("#file-input", str(paths[0]))  # one photo again: the one-photo view as before
     page.wait_for_selector("#result:not([hidden])", timeout=60_000)

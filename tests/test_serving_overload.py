@@ -17,12 +17,13 @@ import pytest
 from fixtures_serving import (
     API_KEY,
     Served,
-    free_port,
     running_server,
     serving_settings,
 )
 from starlette.types import Receive, Scope, Send
 from test_serving_api import GOOD
+
+from bookcounter.testing import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -62,7 +62,13 @@ def test_predictor_finds_books_in_original_coordinates(tiny_model_dir: Path) -> 
 def test_perfect_prediction_scores_ap_one_and_mae_zero(tiny_dataset) -> None:
     gt = tiny_dataset.version.coco("test")
     perfect = [
-        {"image_id": a["image_id"], "category_id": 1, "segmentation": a["segmentation"], "bbox": a["bbox"], "score": 1.0}
+        {
+            "image_id": a["image_id"],
+            "category_id": 1,
+            "segmentation": a["segmentation"],
+            "bbox": a["bbox"],
+            "score": 1.0,
+        }
         for a in gt["annotations"]
     ]
     m = metrics(gt, perfect, threshold=0.5)
@@ -85,7 +91,10 @@ def _xyxy(results: list[dict]) -> tuple[np.ndarray, np.ndarray]:
 
 def _photos(*n_books: int) -> dict:
     """A minimal COCO split: photo i + 1 holds ``n_books[i]`` books."""
-    return {"images": [{"id": i + 1} for i in range(len(n_books))], "annotations": [{"image_id": i + 1} for i, n in enumerate(n_books) for _ in range(n)]}
+    return {
+        "images": [{"id": i + 1} for i in range(len(n_books))],
+        "annotations": [{"image_id": i + 1} for i, n in enumerate(n_books) for _ in range(n)],
+    }
 
 
 def test_operating_point_nms_keeps_leaning_books_and_drops_duplicate_boxes() -> None:
@@ -197,7 +206,8 @@ def test_init_file_checks_readability_and_shapes(tmp_path: Path, tiny_model_dir:
 
 
 def test_anchors_fit_tall_spines_and_books_lying_flat() -> None:
-    """Every book shape of the sample (h/w 1/16..16, 40-180 px square-equivalent at 384) has an anchor the RPN can match."""
+    """Every book shape of the sample (h/w 1/16..16, 40-180 px square-equivalent at 384) has an
+    anchor the RPN can match."""
     from torchvision.ops import box_iou
 
     from trainer.model import anchors_for

@@ -25,7 +25,9 @@ def own_model_name(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureReque
     get_settings.cache_clear()
 
 
-def _variant(src: Path, dst: Path, threshold: float | None = None, corrupt: bool = False, no_masks: bool = False) -> Path:
+def _variant(
+    src: Path, dst: Path, threshold: float | None = None, corrupt: bool = False, no_masks: bool = False
+) -> Path:
     """A copy of a model directory: counting at another threshold, unreadable, or (``no_masks``)
     with the same boxes and scores, hence the same counts, but an empty mask for every book."""
     shutil.copytree(src, dst)
@@ -80,8 +82,13 @@ def test_promotion_rules_and_history(
     assert registry.champion().version == good.version
 
     tie = promote(registry.register(tiny_model_dir).version, progress=False)
-    assert tie["decision"] == "rejected" and tie["candidate_metrics"]["count_mae"] == tie["champion_metrics"]["count_mae"]
-    worse = promote(registry.register(_variant(tiny_model_dir, tmp_path / "worse" / "model", threshold=1.01)).version, progress=False)
+    assert (
+        tie["decision"] == "rejected" and tie["candidate_metrics"]["count_mae"] == tie["champion_metrics"]["count_mae"]
+    )
+    worse = promote(
+        registry.register(_variant(tiny_model_dir, tmp_path / "worse" / "model", threshold=1.01)).version,
+        progress=False,
+    )
     assert worse["decision"] == "rejected"
     corrupt = registry.register(_variant(tiny_model_dir, tmp_path / "corrupt" / "model", corrupt=True))
     broken = promote(corrupt.version, progress=False)
@@ -94,7 +101,7 @@ def test_promotion_rules_and_history(
     tags = registry._client().get_model_version(own_model_name, corrupt.version).tags
     assert tags["promotion.decision"] == "rejected" and "evaluation failed" in tags["promotion.reason"]
 
-    from bookcounter.cli import app
+    from flows.main import app
 
     monkeypatch.setenv("COLUMNS", "400")
     out = CliRunner().invoke(app, ["registry", "history"])
@@ -109,7 +116,9 @@ def test_a_candidate_that_counts_better_but_loses_its_masks_is_rejected(
     from trainer.promote import promote
 
     # the champion counts nothing but ranks the same boxes (its mask AP is the good model's)
-    registry.set_champion(registry.register(_variant(tiny_model_dir, tmp_path / "blind" / "model", threshold=1.01)).version)
+    registry.set_champion(
+        registry.register(_variant(tiny_model_dir, tmp_path / "blind" / "model", threshold=1.01)).version
+    )
     maskless = registry.register(_variant(tiny_model_dir, tmp_path / "maskless" / "model", no_masks=True))
     d = promote(maskless.version, progress=False)
     assert d["verdict"] == "better", d["reason"]  # it counts better ...
@@ -123,8 +132,9 @@ def test_a_champion_that_cannot_be_evaluated_leaves_the_candidate_judged_against
     from trainer import registry
     from trainer.promote import promote
 
-
-    registry.set_champion(registry.register(_variant(tiny_model_dir, tmp_path / "corrupt" / "model", corrupt=True)).version)
+    registry.set_champion(
+        registry.register(_variant(tiny_model_dir, tmp_path / "corrupt" / "model", corrupt=True)).version
+    )
     good = registry.register(tiny_model_dir)
     d = promote(good.version, progress=False)
     assert "could not be evaluated" in d["reason"] and d["comparison"]["against"] == "baseline"

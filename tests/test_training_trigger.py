@@ -16,17 +16,16 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import yaml
-from test_ml_backend_labelstudio import add_task, backend_in_thread, free_port, photo
+from test_ml_backend_labelstudio import add_task, backend_in_thread, photo
 
-from annotator import training_trigger
+from annotator import events, training_trigger
 from annotator.labelstudio.client import client
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.ml_backend_link import connect_ml_backend
 from annotator.labelstudio.project import ensure_project
-from annotator.ml_backend import TITLE
-from bookcounter import events
-from bookcounter.settings import REPO_ROOT, Settings, get_settings
+from bookcounter.settings import Settings, get_settings
+from bookcounter.testing import free_port
+from serving.ml_backend.backend import TITLE
 
 RUN_WAIT_S = 60  # the automation makes the run well within a second; this is the failure deadline
 
@@ -104,7 +103,12 @@ def caused_runs(settings: Settings, event_id: uuid.UUID) -> list[str]:
     while True:
         with prefect(settings) as c:
             done = c.read_events(flt, limit=50).events
-        runs = [r.id.removeprefix("prefect.flow-run.") for e in done for r in e.related if r.id.startswith("prefect.flow-run.")]
+        runs = [
+            r.id.removeprefix("prefect.flow-run.")
+            for e in done
+            for r in e.related
+            if r.id.startswith("prefect.flow-run.")
+        ]
         if runs or time.monotonic() > deadline:
             return runs
         time.sleep(0.2)
@@ -173,7 +177,9 @@ def test_start_training_in_label_studio_starts_a_loop_run(
         # Label Studio's job protocol: the job is the event, its status the state of the run it caused
         job = httpx.post(f"{url}/job_status", json={"job": str(event.id)}, timeout=30).json()
         assert job == {"job_status": "queued"}  # scheduled: no worker serves the deployment here
-        assert httpx.post(f"{url}/job_status", json={"job": str(uuid.uuid4())}, timeout=30).json() == {"job_status": "unknown"}
+        assert httpx.post(f"{url}/job_status", json={"job": str(uuid.uuid4())}, timeout=30).json() == {
+            "job_status": "unknown"
+        }
 
 
 def test_start_training_without_a_prefect_server_says_so(ls_settings: Settings, monkeypatch: pytest.MonkeyPatch):
@@ -182,16 +188,3 @@ def test_start_training_without_a_prefect_server_says_so(ls_settings: Settings, 
     with backend_in_thread(get_settings()) as url:
         answer = httpx.post(f"{url}/train", json={}, timeout=30).json()
     assert answer["status"] == "error" and "no Prefect server answers" in answer["error"]
-
-
-def test_prefect_yaml_declares_the_same_loop_trigger_as_flows_serve(settings: Settings):
-    from pydantic import TypeAdapter
-    from prefect.events import DeploymentTriggerTypes
-
-    from flows.deployments import annotations_ready_trigger
-
-    spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
-    (loop,) = [d for d in spec["deployments"] if d["entrypoint"] == "flows/loop.py:loop_flow"]
-    (declared,) = [TypeAdapter(DeploymentTriggerTypes).validate_python(t) for t in loop["triggers"]]
-    ours = annotations_ready_trigger()
-    assert (declared.expect, declared.match, declared.name) == (ours.expect, ours.match, ours.name)

@@ -12,7 +12,9 @@ def test_warm_start_begins_below_a_cold_start(tiny_champion, tiny_dataset, tmp_p
     from trainer.train import train
 
     name = tiny_dataset.version.name
-    cold = train(tiny_train_config(name, epochs=1), tiny_dataset.store, tmp_path / "cold", progress=False, log=lambda _: None)
+    cold = train(
+        tiny_train_config(name, epochs=1), tiny_dataset.store, tmp_path / "cold", progress=False, log=lambda _: None
+    )
     warm_cfg = tiny_train_config(name, epochs=1).model_copy(update={"init": "champion"})
     warm = train(warm_cfg, tiny_dataset.store, tmp_path / "warm", progress=False, log=lambda _: None)
     assert cold.init_loaded == {"init": "none"}
@@ -35,7 +37,9 @@ def test_champion_of_another_network_means_a_cold_start(tiny_champion, tiny_data
     assert f"champion version {tiny_champion.version} has another network (width)" == recorded["cold_start_reason"]
 
 
-def test_the_retrain_policy_spends_a_budget_of_images_on_a_cold_start_or_a_fine_tune(tiny_champion, tiny_dataset) -> None:
+def test_the_retrain_policy_spends_a_budget_of_images_on_a_cold_start_or_a_fine_tune(
+    tiny_champion, tiny_dataset
+) -> None:
     """10 train photos and the recipe's 30 epochs: a cold start costs 300 images seen."""
     from trainer.train import WARM_START, TrainConfig, default_train_config
 
@@ -46,12 +50,19 @@ def test_the_retrain_policy_spends_a_budget_of_images_on_a_cold_start_or_a_fine_
 
     def config(budget: int, **model) -> TrainConfig:
         over = {**recipe, "init": "champion", "model": {**recipe["model"], **model}}
-        return default_train_config(tiny_dataset.version.name, "cpu", over, budget_images=budget, store=tiny_dataset.store)
+        return default_train_config(
+            tiny_dataset.version.name, "cpu", over, budget_images=budget, store=tiny_dataset.store
+        )
 
     cold = config(400)  # affordable: the cold start with the recipe's epochs and learning rate
     assert (cold.init, cold.epochs, cold.lr) == ("imagenet", defaults["epochs"].default, defaults["lr"].default)
     warm = config(150)  # a cold start would see 300 > 150 images: fine-tune the champion for 15 epochs
-    assert (warm.init, warm.epochs, warm.lr, warm.warmup_iters) == ("champion", 15, WARM_START["lr"], WARM_START["warmup_iters"])
+    assert (warm.init, warm.epochs, warm.lr, warm.warmup_iters) == (
+        "champion",
+        15,
+        WARM_START["lr"],
+        WARM_START["warmup_iters"],
+    )
     other = config(150, width=16)  # no champion of this network: a cold start cut to the budget
     assert (other.init, other.epochs) == ("imagenet", 15)
     assert config(5).epochs == 1  # at least one pass

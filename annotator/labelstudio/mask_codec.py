@@ -46,7 +46,9 @@ def brush_rle(mask: np.ndarray) -> list[int]:
     """
     pixels = np.asarray(mask, dtype=bool).ravel()  # each pixel is 4 equal RGBA values in the format
     header = f"{4 * pixels.size:032b}{7:05b}" + "".join(f"{s - 1:04b}" for s in _RLE_SIZES)
-    ends = np.append(np.flatnonzero(pixels[1:] != pixels[:-1]), pixels.size - 1) if pixels.size else np.zeros(0, np.int64)
+    ends = (
+        np.append(np.flatnonzero(pixels[1:] != pixels[:-1]), pixels.size - 1) if pixels.size else np.zeros(0, np.int64)
+    )
     lengths = 4 * np.diff(np.append(-1, ends))
     values = np.where(pixels[ends], 255, 0)
     chunks = np.where(lengths > 1 << 16, (lengths - 1) >> 16, 0)  # extra 2**16 pieces before the last
@@ -94,7 +96,9 @@ def result_mask(result: dict[str, Any], height: int, width: int) -> np.ndarray |
     return None
 
 
-def annotation_masks(annotation: dict[str, Any], height: int, width: int, report: Counter | None = None) -> list[masks.RLE]:
+def annotation_masks(
+    annotation: dict[str, Any], height: int, width: int, report: Counter | None = None
+) -> list[masks.RLE]:
     """The non-empty brush/polygon masks of one annotation (or prediction) as RLE; prompts are left out."""
     rles = []
     for result in annotation.get("result") or []:

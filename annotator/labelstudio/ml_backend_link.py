@@ -1,4 +1,4 @@
-"""Connecting the interactive ML backend (``annotator/ml_backend_server.py``) to the project."""
+"""Connecting the interactive ML backend (``serving/ml_backend/server.py``) to the project."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ def connect_ml_backend(settings: Settings, project_id: int, url: str, title: str
     """
     ls = client(settings)
     url = url.rstrip("/")
-    with file_lock(settings.run_dir / "labelstudio-ml-backend.lock"), api_errors(settings, f"connect the ML backend at {url}"):
+    with (
+        file_lock(settings.run_dir / "labelstudio-ml-backend.lock"),
+        api_errors(settings, f"connect the ML backend at {url}"),
+    ):
         rows = ls.ml.list(project=project_id)
         ours = [r for r in rows if (r.url or "").rstrip("/") == url]
         keep = ours[0].id if ours else None

@@ -44,7 +44,10 @@ def ensure_project(settings: Settings) -> int:
 def _find_or_create_project(settings: Settings) -> int:
     ls = client(settings)
     title = settings.ls_project_title
-    with file_lock(settings.run_dir / "labelstudio-project.lock"), api_errors(settings, f"find or create project {title!r}"):
+    with (
+        file_lock(settings.run_dir / "labelstudio-project.lock"),
+        api_errors(settings, f"find or create project {title!r}"),
+    ):
         found = [p for p in ls.projects.list(title=title) if p.title == title]
         if found:
             project = ls.projects.get(id=min(p.id for p in found))
@@ -83,7 +86,11 @@ def upload_photo(settings: Settings, project_id: int, data: bytes, file_name: st
             )
         )
         upload_id = r.json()["file_upload_ids"][0]
-        r = checked(http.request(f"api/projects/{project_id}/file-uploads", method="GET", params={"ids": json.dumps([upload_id])}))
+        r = checked(
+            http.request(
+                f"api/projects/{project_id}/file-uploads", method="GET", params={"ids": json.dumps([upload_id])}
+            )
+        )
     url = next(u["file"] for u in r.json() if u["id"] == upload_id)
     return f"{MEDIA_URL}{url.lstrip('/')}"
 

@@ -34,7 +34,10 @@ class ServerStatus:
         if self.running and self.healthy:
             return f"Label Studio is running at {self.url} (pid {self.pid}); log {self.log_file}"
         if self.running:
-            return f"Label Studio (pid {self.pid}) is starting or stuck: {self.url}/health does not answer; log {self.log_file}"
+            return (
+                f"Label Studio (pid {self.pid}) is starting or stuck: {self.url}/health does not answer; "
+                f"log {self.log_file}"
+            )
         if self.healthy:
             return f"something not started by bookcounter answers at {self.url}"
         return f"Label Studio is not running (would listen on {self.url})"
@@ -107,7 +110,9 @@ def start_server(settings: Settings, timeout: float = HEALTH_TIMEOUT_S) -> Serve
         )
     exe = settings.ls_venv / "bin" / "label-studio"
     if not exe.is_file():
-        raise LabelStudioError(f"{exe} not found: create the Label Studio venv ('make setup') or set BOOKCOUNTER_LS_VENV")
+        raise LabelStudioError(
+            f"{exe} not found: create the Label Studio venv ('make setup') or set BOOKCOUNTER_LS_VENV"
+        )
     settings.ls_data_dir.mkdir(parents=True, exist_ok=True)
     cmd = [str(exe), "start", "--no-browser", "--internal-host", settings.ls_host, "--port", str(settings.ls_port)]
     server.start(cmd, health_url(settings), env=server_env(settings), timeout=timeout, cwd=settings.ls_data_dir)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from annotator.sam.checkpoints import CheckpointError
 from annotator.sam.segmenter import Embedding, PromptError, Segmenter
+from bookcounter.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ __all__ = ["CheckpointError", "Embedding", "PromptError", "Segmenter", "load_seg
 
 
 def load_segmenter(
+    settings: Settings,
     model_type: str | None = None,
     checkpoint: Path | None = None,
     random_init: bool = False,
@@ -44,9 +46,7 @@ def load_segmenter(
     from annotator.sam.embedding_cache import EmbeddingCache
     from annotator.sam.onnx_decoder import load_onnx_decoder
     from bookcounter.images import sha256_file
-    from bookcounter.settings import get_settings
 
-    settings = get_settings()
     model_type = model_type or settings.sam_model_type
     if model_type not in MODEL_TYPES:
         raise CheckpointError(f"unknown SAM model type {model_type!r}; choose one of {', '.join(MODEL_TYPES)}")

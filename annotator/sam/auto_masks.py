@@ -44,7 +44,9 @@ def point_grid(cols: int, rows: int, width: int, height: int) -> np.ndarray:
 
 
 @torch.inference_mode()
-def generate_book_masks(seg: Segmenter, emb: Embedding, params: BookMaskParams = BookMaskParams()) -> list[tuple[np.ndarray, float]]:
+def generate_book_masks(
+    seg: Segmenter, emb: Embedding, params: BookMaskParams = BookMaskParams()
+) -> list[tuple[np.ndarray, float]]:
     """Masks ``(H, W) bool`` with their predicted IoU, best first, after the book filters."""
     h, w = emb.original_size
     scale = 256 / seg.transform.target_length

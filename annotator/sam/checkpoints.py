@@ -9,8 +9,6 @@ Resolution order for a model type: an explicit path (``--sam-checkpoint``), else
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -31,7 +29,6 @@ class CheckpointError(UserError):
 class OfficialCheckpoint:
     url: str
     sha256: str
-    size: int | None  # bytes, where known
 
     @property
     def filename(self) -> str:
@@ -44,22 +41,18 @@ OFFICIAL: dict[str, OfficialCheckpoint] = {
     "vit_t": OfficialCheckpoint(
         "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
         "6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
-        40_728_226,
     ),
     "vit_b": OfficialCheckpoint(
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
         "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
-        375_042_383,
     ),
     "vit_l": OfficialCheckpoint(
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
         "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
-        None,
     ),
     "vit_h": OfficialCheckpoint(
         "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
         "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
-        2_564_550_879,
     ),
 }
 
@@ -90,7 +83,9 @@ def read_state_dict(path: Path) -> dict:
 
     official = {c.filename: c for c in OFFICIAL.values()}.get(path.name)
     if official is not None and sha256_file(path) != official.sha256:
-        raise CheckpointError(f"{path}: sha256 differs from the official {path.name}; delete it and run `bookcounter setup-models`")
+        raise CheckpointError(
+            f"{path}: sha256 differs from the official {path.name}; delete it and run `bookcounter setup-models`"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors all mean "not a usable checkpoint"
@@ -102,12 +97,14 @@ def read_state_dict(path: Path) -> dict:
     return state
 
 
-def download(settings: Settings, model_type: str, timeout: float = 30.0) -> Path:
+def download(settings: Settings, model_type: str) -> Path:
     """Fetch the official checkpoint into the cache with a progress bar; verify and record its sha256.
 
-    Raises :class:`CheckpointError` with one line when the file cannot be fetched or does not match.
+    :func:`torch.hub.download_url_to_file` writes a temp file, checks its sha256 and only then
+    moves it into place (as for the torchvision weights). Raises :class:`CheckpointError` with
+    one line when the file cannot be fetched or does not match.
     """
-    from tqdm import tqdm
+    from torch.hub import download_url_to_file
 
     if model_type not in OFFICIAL:
         raise CheckpointError(f"unknown SAM model type {model_type!r}; choose one of {', '.join(OFFICIAL)}")
@@ -116,25 +113,13 @@ def download(settings: Settings, model_type: str, timeout: float = 30.0) -> Path
     if target.is_file() and sha256_file(target) == official.sha256:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-    tmp = Path(tmp_name)
     try:
-        try:
-            with urllib.request.urlopen(official.url, timeout=timeout) as response, os.fdopen(fd, "wb") as out:
-                total = int(response.headers.get("Content-Length") or 0) or official.size
-                with tqdm(total=total, unit="B", unit_scale=True, desc=f"{model_type} {target.name}") as bar:
-                    for chunk in iter(lambda: response.read(1 << 20), b""):
-                        out.write(chunk)
-                        bar.update(len(chunk))
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise CheckpointError(f"cannot download {model_type} from {official.url} ({reason})") from None
-        digest = sha256_file(tmp)
-        if digest != official.sha256:
-            raise CheckpointError(f"download of {official.url} has sha256 {digest}, expected {official.sha256}")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+        download_url_to_file(official.url, str(target), hash_prefix=official.sha256, progress=True)
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise CheckpointError(f"cannot download {model_type} from {official.url} ({reason})") from None
+    except RuntimeError as e:  # "invalid hash value (expected ..., got ...)"
+        raise CheckpointError(f"download of {official.url}: {e}") from None
     target.with_name(target.name + ".sha256").write_text(f"{official.sha256}  {target.name}\n")
     log.info("downloaded %s to %s (sha256 %s)", model_type, target, official.sha256)
     return target

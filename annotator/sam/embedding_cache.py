@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
+
+from bookcounter.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +52,8 @@ class EmbeddingCache:
         if self.max_bytes <= 0:
             return
         path = self._path(namespace, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(record, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        with atomic_write(path) as tmp:
+            torch.save(record, tmp)
         self.evict()
 
     def contains(self, namespace: str, key: str) -> bool:

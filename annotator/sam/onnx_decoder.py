@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +26,8 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.onnx import SamOnnxModel
+
+from bookcounter.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -116,19 +116,13 @@ def export(sam: Sam, path: Path) -> None:
         torch.zeros(1, 1, 256, 256),
         torch.zeros(1),
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # TracerWarnings of SAM's own code, harmless here
-            torch.onnx.export(
-                model, dummy, tmp, dynamo=False, opset_version=OPSET,
-                input_names=list(INPUTS), output_names=list(OUTPUTS),
-                dynamic_axes={"point_coords": {0: "prompts", 1: "points"}, "point_labels": {0: "prompts", 1: "points"}},
-            )
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_write(path) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings of SAM's own code, harmless here
+        torch.onnx.export(
+            model, dummy, str(tmp), dynamo=False, opset_version=OPSET,
+            input_names=list(INPUTS), output_names=list(OUTPUTS),
+            dynamic_axes={"point_coords": {0: "prompts", 1: "points"}, "point_labels": {0: "prompts", 1: "points"}},
+        )
 
 
 def load_onnx_decoder(sam: Sam, models_dir: Path, namespace: str, threads: int = 2) -> OnnxDecoder | None:
@@ -148,5 +142,10 @@ def load_onnx_decoder(sam: Sam, models_dir: Path, namespace: str, threads: int =
         log.warning("SAM prompt path stays on PyTorch: ONNX %s failed%s: %s: %s",
                     stage, where, type(e).__name__, str(e)[:200])
         return None
-    log.info("SAM prompt path on ONNX Runtime (%d intra-op threads): %s%s", threads, path.name, "" if exported else " (cached)")
+    log.info(
+        "SAM prompt path on ONNX Runtime (%d intra-op threads): %s%s",
+        threads,
+        path.name,
+        "" if exported else " (cached)",
+    )
     return decoder

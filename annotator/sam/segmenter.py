@@ -198,7 +198,9 @@ class Segmenter:
             raise PromptError(f"a point lies outside the {w}x{h} image")
         coords = labels_t = box_t = None
         if len(points):
-            coords = self.transform.apply_coords_torch(torch.as_tensor(points, device=self.device)[None], emb.original_size)
+            coords = self.transform.apply_coords_torch(
+                torch.as_tensor(points, device=self.device)[None], emb.original_size
+            )
             labels_t = torch.as_tensor(labels, dtype=torch.int, device=self.device)[None]
         if box is not None:
             box = np.asarray(box, dtype=np.float32).reshape(1, 4)

@@ -60,4 +60,9 @@ def _install(module_name: str, qualname: str, nth: int, mark: str) -> None:
 
 if _TARGET:
     _module, _qualname = _TARGET.split(":")
-    _install(_module, _qualname, int(os.environ.get("BOOKCOUNTER_KILLPOINT_AFTER", "1")), os.environ["BOOKCOUNTER_KILLPOINT_MARK"])
+    _install(
+        _module,
+        _qualname,
+        int(os.environ.get("BOOKCOUNTER_KILLPOINT_AFTER", "1")),
+        os.environ["BOOKCOUNTER_KILLPOINT_MARK"],
+    )

@@ -21,7 +21,9 @@ from torch import nn
 class Conv2d_BN(nn.Sequential):  # noqa: N801 - name fixed by the checkpoint layout
     """Convolution without bias followed by BatchNorm (keys ``c.*`` and ``bn.*``)."""
 
-    def __init__(self, a: int, b: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1, bn_weight_init: float = 1.0):
+    def __init__(
+        self, a: int, b: int, ks: int = 1, stride: int = 1, pad: int = 0, groups: int = 1, bn_weight_init: float = 1.0
+    ):
         super().__init__()
         self.add_module("c", nn.Conv2d(a, b, ks, stride, pad, groups=groups, bias=False))
         bn = nn.BatchNorm2d(b)
@@ -218,7 +220,9 @@ class TinyViT(nn.Module):
             if i == 0:
                 self.layers.append(ConvLayer(dim, (r, r), depths[i], out_dim, mbconv_expand_ratio))
             else:
-                self.layers.append(BasicLayer(dim, (r, r), depths[i], num_heads[i], window_sizes[i], mlp_ratio, out_dim))
+                self.layers.append(
+                    BasicLayer(dim, (r, r), depths[i], num_heads[i], window_sizes[i], mlp_ratio, out_dim)
+                )
         self.embed_res = res // 2 ** (len(embed_dims) - 2)
         self.norm_head = nn.LayerNorm(embed_dims[-1])
         self.head = nn.Linear(embed_dims[-1], num_classes)

@@ -1,5 +1,7 @@
 """The ``bookcounter`` command: one entry point, each part of the product adds its subcommands.
 
+The top of the layers (see docs/layers.md): it composes every package, and nothing imports it.
+
 Heavy libraries (torch, mlflow, prefect) are imported inside commands, so ``--help`` is fast.
 """
 
@@ -16,10 +18,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import typer  # noqa: E402
 
 from annotator.cli import collect_command, dataset_app, labelstudio_app, prelabel_command, review_command
-from annotator.ml_backend_server import ml_backend_app
 from bookcounter.errors import UserError
-from flows.cli import demo, flows_app, status_command, stop_command, ui_prefect
+from flows.cli import demo, flows_app, start_command, status_command, stop_command, ui_prefect
 from serving.cli import count_command, serve
+from serving.ml_backend.server import ml_backend_cli
 from trainer.cli import evaluate_command, mlflow_ui, promote_command, registry_app, train_command
 from trainer.registry import load_predictor
 
@@ -32,11 +34,12 @@ app = typer.Typer(
 )
 app.add_typer(dataset_app, name="dataset")
 app.add_typer(labelstudio_app, name="labelstudio")
-app.add_typer(ml_backend_app, name="ml-backend")
+app.add_typer(ml_backend_cli, name="ml-backend")
 app.command("prelabel")(prelabel_command(champion=load_predictor))
 app.command("collect")(collect_command(champion=load_predictor))
 app.command("review")(review_command(champion=load_predictor))
 app.command()(demo)
+app.command("start")(start_command)
 app.command("status")(status_command)
 app.command("stop")(stop_command)
 app.command()(serve)
@@ -55,7 +58,9 @@ app.add_typer(ui_app, name="ui")
 @app.command("setup-models")
 def setup_models(
     sam_model_type: list[str] = typer.Option(
-        None, "--sam-model-type", help="SAM types to fetch (vit_t, vit_b, vit_l, vit_h); default: settings.sam_model_type."
+        None,
+        "--sam-model-type",
+        help="SAM types to fetch (vit_t, vit_b, vit_l, vit_h); default: settings.sam_model_type.",
     ),
 ) -> None:
     """Download pretrained weights into var/models/ (the only step that downloads anything).
@@ -80,7 +85,9 @@ def setup_models(
 
     for name, error in fetch_torchvision_weights(settings.models_dir / "torch"):
         if error:
-            typer.secho(f"torchvision {name}: not available, training starts from scratch: {error}", fg="yellow", err=True)
+            typer.secho(
+                f"torchvision {name}: not available, training starts from scratch: {error}", fg="yellow", err=True
+            )
         else:
             typer.echo(f"torchvision {name}: {settings.models_dir / 'torch' / 'checkpoints'}")
 
@@ -92,8 +99,8 @@ def backup_command(
     """Back up the human work while the services run: Label Studio's and MLflow's databases (SQLite's
     online backup, or pg_dump for PostgreSQL: docs/postgres.md), the uploaded photos, model files, dataset versions, decision log, pending inbox
     photos and secrets, with a manifest (sizes, sha256). See 'bookcounter restore'."""
-    from bookcounter.backup import backup, summary
     from bookcounter.settings import get_settings
+    from flows.state_backup import backup, summary
 
     typer.echo(f"backup {dest}: {summary(backup(get_settings(), dest))}")
 
@@ -106,8 +113,8 @@ def restore_command(
     is checked against the manifest first; a PostgreSQL dump goes into the (empty) database that
     BOOKCOUNTER_LS_DATABASE_URL / BOOKCOUNTER_MLFLOW_DATABASE_URL name. Then start the services again
     ('bookcounter labelstudio start')."""
-    from bookcounter.backup import restore, summary
     from bookcounter.settings import get_settings
+    from flows.state_backup import restore, summary
     from trainer.registry import relocate_artifacts
 
     settings = get_settings()
@@ -137,3 +144,7 @@ def main() -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+
+
+if __name__ == "__main__":
+    main()

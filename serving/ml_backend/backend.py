@@ -1,5 +1,8 @@
 """Interactive SAM for Label Studio: an ML backend that answers a click or a box with a mask.
 
+This module answers prompts; :mod:`serving.ml_backend.routes` speaks the protocol and
+:mod:`serving.ml_backend.server` runs the process.
+
 Speaks Label Studio's ML backend protocol on FastAPI (the ``label-studio-ml`` package on PyPI
 is the old API): ``GET /health``, ``POST /setup``, ``POST /predict``, ``POST /webhook`` (and
 ``POST /train``, what Label Studio sends for "Start training" when its webhook feature flag is
@@ -36,27 +39,19 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import numpy as np
-import orjson
-from fastapi import BackgroundTasks, Body, FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
 from PIL import Image
 
-from annotator import training_trigger
 from annotator.labelstudio.label_config import BRUSH, IMAGE
 from annotator.labelstudio.mask_codec import brush_result
 from annotator.labelstudio.project import fetch_photo
-from bookcounter import events, masks
+from bookcounter import masks
 from bookcounter.detector import Detector, DetectorProvider, mask_under_click
 from bookcounter.errors import UserError
-from bookcounter.events import PrefectUnavailable
 from bookcounter.images import decode_image, sha256_bytes
 from bookcounter.settings import Settings
 
@@ -227,7 +222,9 @@ class Backend:
             if key in self._detections:
                 self._detections.move_to_end(key)
                 return self._detections[key]
-        found = [Detection(i.score, tuple(i.box), masks.encode(np.asarray(i.mask))) for i in detector.predict(photo.image)]
+        found = [
+            Detection(i.score, tuple(i.box), masks.encode(np.asarray(i.mask))) for i in detector.predict(photo.image)
+        ]
         with self._lock:
             self.detector_calls += 1
             self._detections[key] = found
@@ -298,123 +295,11 @@ def load_backend(settings: Settings, champion: DetectorProvider) -> Backend:
     """
     from annotator.sam import load_segmenter
 
-    segmenter = load_segmenter(settings.sam_model_type, checkpoint=settings.sam_checkpoint)
+    segmenter = load_segmenter(settings, checkpoint=settings.sam_checkpoint)
     if segmenter is None and settings.sam_random_init:
         log.warning("BOOKCOUNTER_SAM_RANDOM_INIT: using random SAM weights (tests and benchmarks only)")
-        segmenter = load_segmenter(settings.sam_model_type, random_init=True)
+        segmenter = load_segmenter(settings, random_init=True)
     if segmenter is None:
         log.warning("no SAM checkpoint: clicks and boxes are answered by the champion Mask R-CNN")
     return Backend(settings, segmenter, champion)
 
-
-def create_app(
-    backend: Backend, lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None = None
-) -> FastAPI:
-    """The FastAPI app on ``backend``; ``lifespan`` runs around serving (the server process's
-    factory, :func:`serving.ml_backend_app.create_app`, keeps the champion current in it)."""
-    settings = backend.settings
-    app = FastAPI(title="bookcounter ML backend", docs_url=None, redoc_url=None, lifespan=lifespan)
-    app.state.backend = backend
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse({"error": f"{type(exc).__name__}: {exc}"}, status_code=500)
-
-    @app.get("/")
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        seg = backend.segmenter
-        return {
-            "status": "UP",
-            "model_class": TITLE,
-            "sam": seg.model_type if seg is not None else None,
-            "encoder_calls": seg.encoder_calls if seg is not None else 0,
-            "detector_calls": backend.detector_calls,
-        }
-
-    @app.post("/setup")
-    def setup(body: dict[str, Any] = Body(...)) -> Any:
-        try:
-            check_label_config(body.get("schema") or "")
-        except UserError as e:
-            return JSONResponse({"error": str(e)}, status_code=400)
-        return {"model_version": backend.model_version}
-
-    @app.get("/versions")
-    def versions() -> dict[str, Any]:
-        return {"versions": [backend.model_version]}
-
-    def answer_all(tasks: list[dict[str, Any]], regions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        results = []
-        for task in tasks:
-            try:
-                results.append(backend.answer(task, regions))
-            except UserError as e:
-                log.warning("task %s: %s", task.get("id"), e)
-                results.append({"result": [], "score": 0.0, "model_version": backend.model_version, "error": str(e)})
-        return results
-
-    @app.post("/predict")
-    async def predict(request: Request) -> Response:
-        # orjson both ways: a click's body may carry the task's pre-labelled masks and its answer is
-        # one RLE of up to ~10^5 ints, where FastAPI's own (de)serialisation took 10-90 ms of a click
-        try:
-            body = orjson.loads(await request.body())
-        except orjson.JSONDecodeError as e:
-            return JSONResponse({"error": f"request body is not JSON ({e})"}, status_code=422)
-        tasks = body.get("tasks") if isinstance(body, dict) else None
-        if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
-            return JSONResponse({"error": "body.tasks must be a list of tasks"}, status_code=422)
-        params = body.get("params")
-        context = (params.get("context") if isinstance(params, dict) else None) or body.get("context")
-        if context is None:  # a batch pre-annotation request: this backend is interactive only
-            return JSONResponse({"results": [], "model_version": backend.model_version})
-        regions = context.get("result") if isinstance(context, dict) else None
-        results = await run_in_threadpool(answer_all, tasks, regions if isinstance(regions, list) else [])
-        payload = {"results": results, "model_version": backend.model_version}
-        return Response(orjson.dumps(payload), media_type="application/json")
-
-    def start_training(body: dict[str, Any], source: str) -> Any:
-        try:
-            event_id = training_trigger.request_training(settings, _project_id(body.get("project")), source)
-        except PrefectUnavailable as e:
-            log.warning("%s: %s", source, e)
-            return JSONResponse({"status": "error", "error": str(e)}, status_code=200)
-        return {"status": "ok", "job": str(event_id)}
-
-    def check_annotations() -> None:
-        try:
-            training_trigger.check_annotations(settings, "webhook")
-        except UserError as e:  # Label Studio or Prefect not answering: the watcher tries again
-            log.warning("webhook: %s", e)
-
-    @app.post("/webhook", status_code=201)
-    def webhook(background: BackgroundTasks, body: dict[str, Any] = Body(...)) -> Any:
-        action = body.get("action")
-        if action == "START_TRAINING":
-            return start_training(body, "start-training")
-        if action in ("ANNOTATION_CREATED", "ANNOTATIONS_CREATED"):
-            # after the answer: Label Studio waits 1 s for it, and the count asks Label Studio
-            background.add_task(check_annotations)
-            return {"status": "ok"}
-        return {"status": "ignored", "action": action}
-
-    @app.post("/train", status_code=201)
-    def train(body: dict[str, Any] = Body(default_factory=dict)) -> Any:
-        return start_training(body, "start-training (/train)")
-
-    @app.post("/job_status")
-    def job_status(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
-        """The state of the loop run that a "Start training" event (its id is the job) caused."""
-        return {"job_status": events.job_status(settings, str(body.get("job", "")))}
-
-    return app
-
-
-def _project_id(project: Any) -> int | None:
-    """The project's id in a webhook body (``{"id": 3, ...}``) or a ``/train`` body (``"3.1699..."``)."""
-    if isinstance(project, dict):
-        project = project.get("id")
-    head = str(project).split(".")[0] if project is not None else ""
-    return int(head) if head.isdigit() else None
