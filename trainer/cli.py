@@ -59,7 +59,7 @@ def train_command(
     dev = device or default_device()
     if dev.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("--device cuda: no CUDA device here (use --device cpu)")
-    store = DatasetStore.from_settings()
+    store = DatasetStore.from_settings(s)
     version = store.get(dataset)
     overrides = parse_overrides(settings_)
     overrides.update({k: v for k, v in dict(epochs=epochs, init=init, seed=seed).items() if v is not None})
@@ -96,7 +96,7 @@ def evaluate_command(
         info = registry.get(model)
         model_dir, label = registry.model_dir(info.version), f"v{info.version}"
     own = json.loads((model_dir / "model.json").read_text())["dataset_version"]
-    version = DatasetStore.from_settings().get(dataset or own)
+    version = DatasetStore.from_settings(s).get(dataset or own)
     out = out or s.runs_dir / f"eval-{label}-{version.name}-{split}"
     report = evaluate_model(model_dir, version, split, out_dir=out, device=device)
     table = Table("metric", "value")

@@ -57,7 +57,7 @@ def promote(candidate: str, split: str = "test", device: str | None = None, prog
         "reason": "",
     }
     try:
-        version = DatasetStore.from_settings().get(cand.dataset_version)
+        version = DatasetStore.from_settings(s).get(cand.dataset_version)
         if not version.coco(split)["images"]:
             raise UserError(f"{version.name} has no {split} photos")
         report = evaluate_model(registry.model_dir(cand.version), version, split, device=device, progress=progress)

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from bookcounter.dataset_store import DatasetError, DatasetStore, DatasetVersion
 from bookcounter.errors import UserError
+from bookcounter.settings import get_settings
 from trainer.config import Config
 from trainer.data import BookDataset, collate
 from trainer.model import ModelConfig, build_model, freeze_stages, load_init
@@ -85,7 +86,7 @@ def default_train_config(
         merged.update(layer)
     if merged["init"] == CHAMPION_INIT:
         warm = resolve_init(TrainConfig.from_dict(merged), log=lambda _: None)[1].get("init") == CHAMPION_INIT
-        photos = len((store or DatasetStore.from_settings()).get(dataset).coco("train")["images"])
+        photos = len((store or DatasetStore.from_settings(get_settings())).get(dataset).coco("train")["images"])
         policy = retrain_policy(merged["epochs"], photos, warm, budget_images)
         merged.update({k: v for k, v in policy.items() if k == "init" or overrides.get(k) is None})
     return TrainConfig.from_dict(merged)
