@@ -34,7 +34,7 @@ postgresql:
 demo: setup
 	$(VENV)/bin/bookcounter demo
 
-test: setup
+test: setup lint
 	$(VENV)/bin/pytest
 
 clean-state:
@@ -43,7 +43,7 @@ clean-state:
 # Lint: ruff's rules and the layer contract (import-linter, [tool.importlinter] in pyproject.toml).
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	# enabled by the lead once the tree is formatted: $(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff format --check .
 	PYTHONPATH=$(CURDIR) $(VENV)/bin/lint-imports
 
 # The inner loop: unit tests that start no server (no Label Studio, nothing marked slow).

@@ -260,8 +260,13 @@ def review_command(champion: DetectorProvider) -> Callable[..., None]:
         for r in rows:
             misses = ", ".join(f"{s:.2f} at x {b[0]:.0f}-{b[2]:.0f}, y {b[1]:.0f}-{b[3]:.0f}" for s, b in r.misses)
             table.add_row(
-                str(r.task_id), r.file_name, "-" if r.predicted is None else str(r.predicted), str(r.annotated),
-                "-" if r.gap is None else f"{r.gap:+d}", misses or "-", r.url,
+                str(r.task_id),
+                r.file_name,
+                "-" if r.predicted is None else str(r.predicted),
+                str(r.annotated),
+                "-" if r.gap is None else f"{r.gap:+d}",
+                misses or "-",
+                r.url,
             )
         console.print(table)
 

@@ -21,8 +21,11 @@ from bookcounter.images import BadImage, check_photo
 
 
 def read_coco(
-    json_path: Path, images_dir: Path, split: str | None = None,
-    max_megapixels: float | None = None, min_side: int | None = None,
+    json_path: Path,
+    images_dir: Path,
+    split: str | None = None,
+    max_megapixels: float | None = None,
+    min_side: int | None = None,
 ) -> tuple[list[NewImage], dict[str, Any]]:
     """Parse and check one COCO file; ``split`` overrides the split it gives; photos outside
     ``max_megapixels``/``min_side`` (the serving limits) are refused.

@@ -125,7 +125,11 @@ def prelabel_quality_report(quality: dict[int, dict[str, int]]) -> dict[str, Any
 
 
 def _new_image(
-    settings: Settings, project_id: int, task: dict[str, Any], annotation: dict[str, Any], report: Counter,
+    settings: Settings,
+    project_id: int,
+    task: dict[str, Any],
+    annotation: dict[str, Any],
+    report: Counter,
     quality: dict[int, dict[str, int]],
 ) -> NewImage | None:
     url = task["data"][IMAGE]

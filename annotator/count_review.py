@@ -154,8 +154,12 @@ def review(settings: Settings, detector: Detector | None, min_gap: int = REVIEW_
     data = write_counts(settings, project_id, annotated, detector, predicted)
     rows = [
         ReviewRow(
-            task_id, names[task_id], f"{settings.ls_url}/projects/{project_id}/data?task={task_id}",
-            data[task_id].get("predicted_count"), n, misses.get(task_id, []),
+            task_id,
+            names[task_id],
+            f"{settings.ls_url}/projects/{project_id}/data?task={task_id}",
+            data[task_id].get("predicted_count"),
+            n,
+            misses.get(task_id, []),
         )
         for task_id, n in annotated.items()
     ]
@@ -166,4 +170,3 @@ def review(settings: Settings, detector: Detector | None, min_gap: int = REVIEW_
 def _photo(settings: Settings, data: dict[str, Any]):
     url = data[IMAGE]
     return decode_image(fetch_photo(settings, url), data.get("file_name") or PurePosixPath(urlparse(url).path).name)
-

@@ -27,9 +27,17 @@ ANNOTATIONS_READY = "bookcounter.annotations.ready"  # enough new annotations, o
 RESOURCE_PREFIX = "bookcounter.label-studio.project"  # + ".<project id>": the resource of ANNOTATIONS_READY
 
 # Label Studio's training job states (``/job_status``) for Prefect's state types
-JOB_STATUS = {"SCHEDULED": "queued", "PENDING": "queued", "PAUSED": "queued", "RUNNING": "started",
-              "CANCELLING": "started", "COMPLETED": "finished", "FAILED": "failed", "CRASHED": "failed",
-              "CANCELLED": "failed"}
+JOB_STATUS = {
+    "SCHEDULED": "queued",
+    "PENDING": "queued",
+    "PAUSED": "queued",
+    "RUNNING": "started",
+    "CANCELLING": "started",
+    "COMPLETED": "finished",
+    "FAILED": "failed",
+    "CRASHED": "failed",
+    "CANCELLED": "failed",
+}
 
 
 class PrefectUnavailable(UserError):
@@ -54,8 +62,9 @@ def emit(settings: Settings, event: str, resource_id: str, payload: dict[str, An
 
     async def send() -> None:
         async with PrefectEventsClient(api_url=url) as client:
-            await client.emit(Event(event=event, resource={"prefect.resource.id": resource_id},
-                                    payload=payload, id=event_id))
+            await client.emit(
+                Event(event=event, resource={"prefect.resource.id": resource_id}, payload=payload, id=event_id)
+            )
 
     try:
         _run(send())
@@ -79,15 +88,27 @@ def job_status(settings: Settings, event_id: str) -> str:
 
     async def query() -> str:
         async with PrefectClient(url) as client:
-            sent = await client.read_events(EventFilter(
-                id=EventIDFilter(id=[uuid.UUID(event_id)]), event=EventNameFilter(name=[ANNOTATIONS_READY])), limit=1)
+            sent = await client.read_events(
+                EventFilter(
+                    id=EventIDFilter(id=[uuid.UUID(event_id)]), event=EventNameFilter(name=[ANNOTATIONS_READY])
+                ),
+                limit=1,
+            )
             if not sent.events:
                 return "unknown"
-            done = await client.read_events(EventFilter(
-                event=EventNameFilter(name=["prefect.automation.action.executed"]),
-                related=EventRelatedFilter(id=[f"prefect.event.{event_id}"])), limit=10)
-            runs = [r.id.removeprefix("prefect.flow-run.") for e in done.events for r in e.related
-                    if r.id.startswith("prefect.flow-run.")]
+            done = await client.read_events(
+                EventFilter(
+                    event=EventNameFilter(name=["prefect.automation.action.executed"]),
+                    related=EventRelatedFilter(id=[f"prefect.event.{event_id}"]),
+                ),
+                limit=10,
+            )
+            runs = [
+                r.id.removeprefix("prefect.flow-run.")
+                for e in done.events
+                for r in e.related
+                if r.id.startswith("prefect.flow-run.")
+            ]
             if not runs:
                 return "queued"
             run = await client.read_flow_run(uuid.UUID(runs[0]))

@@ -74,19 +74,33 @@ def check_annotations(settings: Settings, source: str) -> tuple[int, Crossing | 
             pending.project_id, pending.relative_to, pending.count // threshold, pending.count, threshold
         )
         last = _last_sent(path)
-        if last is not None and (last.project_id, last.relative_to) == (crossing.project_id, crossing.relative_to) \
-                and last.index >= crossing.index:
+        if (
+            last is not None
+            and (last.project_id, last.relative_to) == (crossing.project_id, crossing.relative_to)
+            and last.index >= crossing.index
+        ):
             return pending.count, None
-        events.emit(settings, events.ANNOTATIONS_READY, _resource(crossing.project_id),
-                    {"source": source, **asdict(crossing)}, crossing.event_id)
+        events.emit(
+            settings,
+            events.ANNOTATIONS_READY,
+            _resource(crossing.project_id),
+            {"source": source, **asdict(crossing)},
+            crossing.event_id,
+        )
         path.write_text(json.dumps(asdict(crossing)))
-    log.info("%s: %d new annotation(s) (threshold %d, since %s): sent %s", source, crossing.pending, threshold,
-             crossing.relative_to or "no dataset version", events.ANNOTATIONS_READY)
+    log.info(
+        "%s: %d new annotation(s) (threshold %d, since %s): sent %s",
+        source,
+        crossing.pending,
+        threshold,
+        crossing.relative_to or "no dataset version",
+        events.ANNOTATIONS_READY,
+    )
     return pending.count, crossing
 
 
 def request_training(settings: Settings, project_id: int | None, source: str) -> uuid.UUID:
-    """"Start training": send the event for one loop run now; returns the event id (the job id)."""
+    """ "Start training": send the event for one loop run now; returns the event id (the job id)."""
     event_id = uuid.uuid4()
     events.emit(settings, events.ANNOTATIONS_READY, _resource(project_id), {"source": source}, event_id)
     log.info("%s: sent %s (event %s)", source, events.ANNOTATIONS_READY, event_id)

@@ -32,9 +32,12 @@ def show(row: dict[str, Any]) -> None:
     print(f"{row['model']} ({row['epochs']} epochs, {row['iterations']} iterations)")
     for split in ("val", "test"):
         m = row[split]
-        print(f"  {split:4s}: count MAE {m['count_mae']:.2f} (median baseline {m['baseline_count_mae']:.2f}) on {m['images']} photos, "
-              f"mask AP {m['segm_AP']:.3f}, AP50 {m['segm_AP50']:.3f}, box AP50 {m['bbox_AP50']:.3f}  "
-              f"[threshold {m['threshold']:.2f}, NMS IoU {m['nms_iou']:.1f}]")
+        print(
+            f"  {split:4s}: count MAE {m['count_mae']:.2f} (median baseline {m['baseline_count_mae']:.2f}) "
+            f"on {m['images']} photos, "
+            f"mask AP {m['segm_AP']:.3f}, AP50 {m['segm_AP50']:.3f}, box AP50 {m['bbox_AP50']:.3f}  "
+            f"[threshold {m['threshold']:.2f}, NMS IoU {m['nms_iou']:.1f}]"
+        )
         for band, d in m["density"].items():
             print(f"        {band:>5s} books: {d['photos']} photos, MAE {d['count_mae']:.2f}, bias {d['bias']:+.2f}")
     for name, m in row["shapes"].items():
@@ -72,7 +75,9 @@ def main() -> None:
     recorded = json.loads(args.thresholds.read_text())
     targets = recorded.get("targets", {})
     missed = failures(row, targets)
-    print(f"{len(targets) - len(missed)} of {len(targets)} targets met (not enforced){': ' if missed else ''}{'; '.join(missed)}")
+    print(
+        f"{len(targets) - len(missed)} of {len(targets)} targets met (not enforced)" + "".join(f"; {m}" for m in missed)
+    )
     limits = recorded["limits"]
     failed = failures(row, limits)
     for line in failed:

@@ -45,9 +45,13 @@ def main() -> None:
     args = ap.parse_args()
 
     state = Path(tempfile.mkdtemp(prefix="bookcounter-bench-crowd-"))
-    os.environ.update(BOOKCOUNTER_STATE_DIR=str(state), BOOKCOUNTER_LS_PORT=str(free_port()),
-                      BOOKCOUNTER_ML_BACKEND_PORT=str(free_port()), BOOKCOUNTER_SAM_RANDOM_INIT="true",
-                      BOOKCOUNTER_RETRAIN_EVERY_N_ANNOTATIONS="0")  # clicks only: no training trigger
+    os.environ.update(
+        BOOKCOUNTER_STATE_DIR=str(state),
+        BOOKCOUNTER_LS_PORT=str(free_port()),
+        BOOKCOUNTER_ML_BACKEND_PORT=str(free_port()),
+        BOOKCOUNTER_SAM_RANDOM_INIT="true",
+        BOOKCOUNTER_RETRAIN_EVERY_N_ANNOTATIONS="0",
+    )  # clicks only: no training trigger
     if args.database_url:
         os.environ["BOOKCOUNTER_LS_DATABASE_URL"] = args.database_url
     from annotator_crowd import add_shelf_tasks, annotate_concurrently, click_line
@@ -64,17 +68,21 @@ def main() -> None:
         start_backend(settings)
         project = ensure_project(settings)
         backend_id = connect_ml_backend(settings, project, settings.ml_backend_url, TITLE)
-        print(f"Label Studio on {'PostgreSQL' if args.database_url else 'SQLite'}; ML backend vit_t (random weights); "
-              f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(
+            f"Label Studio on {'PostgreSQL' if args.database_url else 'SQLite'}; ML backend vit_t (random weights); "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+        )
         seed = 0
         for n in args.annotators:
             tasks = add_shelf_tasks(settings, project, n * args.tasks_per_annotator, seed=seed)
             seed += len(tasks)
             started = time.perf_counter()
             tally = annotate_concurrently(settings, backend_id, tasks, n)
-            print(f"{n} annotator(s), {len(tasks)} tasks in {time.perf_counter() - started:.0f} s: {click_line(tally)}; "
-                  f"5xx {len(tally.server_errors)}, other errors {len(tally.other_errors)}, "
-                  f"clicks without a mask {tally.empty_clicks}")
+            print(
+                f"{n} annotator(s), {len(tasks)} tasks in {time.perf_counter() - started:.0f} s: {click_line(tally)}; "
+                f"5xx {len(tally.server_errors)}, other errors {len(tally.other_errors)}, "
+                f"clicks without a mask {tally.empty_clicks}"
+            )
     finally:
         stop_backend(settings)
         stop_server(settings)

@@ -48,8 +48,9 @@ def sample_photos(limit: int | None) -> list[Path]:
 def bench_cli(folder: Path, work: Path) -> tuple[float, float]:
     """photos/s (the command's own summary: counting only) and peak RSS in MB of `bookcounter count`."""
     exe = Path(sys.executable).with_name("bookcounter")
-    done = subprocess.run([str(exe), "count", str(folder), "--out", str(work / "cli.csv")],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [str(exe), "count", str(folder), "--out", str(work / "cli.csv")], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         sys.exit(f"bookcounter count failed: {done.stderr[-2000:]}")
     rate = float(re.search(r"\(([\d.]+) photos/s\)", done.stdout)[1])
@@ -169,15 +170,18 @@ def main() -> None:
         if f"flow{n}" in args.skip:
             continue
         results[f"flow{n}"], rss, threads = bench_flow(folder, work, n, len(photos))
-        print(f"count-folder, {n} Dask worker(s)  : {results[f'flow{n}']:.2f} photos/s, peak RSS per worker "
-              f"{', '.join(f'{r:.0f}' for r in rss)} MB, torch threads {threads} ({load()})")
+        print(
+            f"count-folder, {n} Dask worker(s)  : {results[f'flow{n}']:.2f} photos/s, peak RSS per worker "
+            f"{', '.join(f'{r:.0f}' for r in rss)} MB, torch threads {threads} ({load()})"
+        )
     if "post" not in args.skip:
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         exe = Path(sys.executable).with_name("bookcounter")
         with open(work / "serve.log", "w") as log:
-            server = subprocess.Popen([str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                      stdout=log, stderr=subprocess.STDOUT)
+            server = subprocess.Popen(
+                [str(exe), "serve", "--host", "127.0.0.1", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+            )
             try:
                 model = wait_ready(base, server, 300)
                 results["post"] = post_all(base, photos, 2)

@@ -49,8 +49,12 @@ def main() -> None:
     args = p.parse_args()
     warnings.filterwarnings("ignore")
     predictor, big = Predictor(args.model, device="cpu"), Predictor(args.model, device="cpu")
-    big.config = big.config.model_copy(update={"image_size": round(big.config.image_size * args.upscale),
-                                               "max_size": round(big.config.max_size * args.upscale)})
+    big.config = big.config.model_copy(
+        update={
+            "image_size": round(big.config.image_size * args.upscale),
+            "max_size": round(big.config.max_size * args.upscale),
+        }
+    )
     version = DatasetStore.from_settings(get_settings()).get(args.dataset)
     rows: dict[str, list[tuple[int, dict[str, int]]]] = defaultdict(list)
     for i, (photo, masks) in enumerate(photos_with_masks(version, args.split)):

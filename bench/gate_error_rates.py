@@ -37,7 +37,13 @@ def main() -> None:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--dataset", default="v0001")
     p.add_argument("--splits", nargs="+", default=["val", "test"], help="the fixed set (default val + test)")
-    p.add_argument("--shifts", nargs="+", type=float, default=[-0.2, -0.1, 0.1, 0.2], help="threshold shifts making the other counters")
+    p.add_argument(
+        "--shifts",
+        nargs="+",
+        type=float,
+        default=[-0.2, -0.1, 0.1, 0.2],
+        help="threshold shifts making the other counters",
+    )
     p.add_argument("--sizes", nargs="+", type=int, default=[15, 23, 49])
     p.add_argument("--levels", nargs="+", type=float, default=[0.8, 0.9, 0.95])
     p.add_argument("--trials", type=int, default=100)
@@ -53,7 +59,9 @@ def main() -> None:
         counts = true_counts(gt)
         for im in gt["images"]:
             truth.append(counts[im["id"]])
-            scores.append(np.array([i.score for i in predictor.predict(read_image(version.image_path(im)), threshold=MIN_SCORE)]))
+            scores.append(
+                np.array([i.score for i in predictor.predict(read_image(version.image_path(im)), threshold=MIN_SCORE)])
+            )
     truth_a = np.array(truth)
     median = statistics.median(true_counts(version.coco("train")).values())
     errors = {"baseline": np.abs(median - truth_a)}
@@ -76,19 +84,30 @@ def main() -> None:
                     continue
                 for _ in range(args.trials):
                     pick = rng.choice(len(truth_a), n, replace=n > len(truth_a))
-                    verdict = compare(errors[cand][pick].tolist(), {"against": "champion", "name": champ,
-                                      "errors": errors[champ][pick].tolist()}, level, 0.0)[0]
+                    verdict = compare(
+                        errors[cand][pick].tolist(),
+                        {"against": "champion", "name": champ, "errors": errors[champ][pick].tolist()},
+                        level,
+                        0.0,
+                    )[0]
                     if gain < 0:
                         worse_pairs += 1
                         fp += verdict == "better"
                     else:
                         better_pairs += 1
                         fn += verdict != "better"
-            row = {"photos": n, "level": level, "false_promotions": fp / max(1, worse_pairs),
-                   "false_rejections": fn / max(1, better_pairs), "trials": args.trials}
+            row = {
+                "photos": n,
+                "level": level,
+                "false_promotions": fp / max(1, worse_pairs),
+                "false_rejections": fn / max(1, better_pairs),
+                "trials": args.trials,
+            }
             table.append(row)
-            print(f"n={n:3d} level {level:.2f}: false promotions {row['false_promotions']:.1%}, "
-                  f"false rejections {row['false_rejections']:.1%}")
+            print(
+                f"n={n:3d} level {level:.2f}: false promotions {row['false_promotions']:.1%}, "
+                f"false rejections {row['false_rejections']:.1%}"
+            )
     if args.out:
         args.out.write_text(json.dumps({"mae": mae, "rates": table}, indent=2))
 

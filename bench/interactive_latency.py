@@ -148,8 +148,11 @@ def main() -> None:
     from serving.ml_backend.server import start_backend
 
     load_before = os.getloadavg()
-    print(f"state in {state}; starting Label Studio and the ML backend"
-          f"{', the counting server, the Prefect and MLflow UIs' if args.with_stack else ''} ...", flush=True)
+    print(
+        f"state in {state}; starting Label Studio and the ML backend"
+        f"{', the counting server, the Prefect and MLflow UIs' if args.with_stack else ''} ...",
+        flush=True,
+    )
     start_server(settings)
     try:
         start_backend(settings)
@@ -240,6 +243,7 @@ def start_stack(settings: Settings) -> None:
 
 def fmt_load(load: tuple[float, float, float]) -> str:
     return "/".join(f"{v:.1f}" for v in load)
+
 
 if __name__ == "__main__":
     main()

@@ -43,7 +43,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--per-round", type=int, default=20, help="train photos annotated per round")
-    p.add_argument("--budget-images", type=int, default=None, help="training work per round, in images seen (default: the nightly budget)")
+    p.add_argument(
+        "--budget-images",
+        type=int,
+        default=None,
+        help="training work per round, in images seen (default: the nightly budget)",
+    )
     p.add_argument("--order", choices=ORDERS, default="random", help="which inbox photos are annotated next")
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the random order (and of the first round of least-sure)"
@@ -119,14 +124,23 @@ def main() -> None:
             if champion is not None and champion.version not in measured:
                 measured[champion.version] = fixed_set_metrics(registry.model_dir(champion.version), fixed)
             m = measured.get(champion.version, {}) if champion else {}
-            rows.append({
-                "round": r + 1, "photos": annotated, "annotator_s": seconds, "dataset": d["dataset_version"],
-                "candidate": d["candidate"], "decision": d["decision"], "champion": champion.version if champion else None,
-                "verdict": d.get("verdict"), "interval": [d["comparison"][k] for k in ("lo", "hi")] if d.get("comparison") else None,
-                "count_mae": m.get("count_mae"), "segm_AP50": m.get("segm_AP50"),
-                "prelabel": prelabel_quality(store.get(d["dataset_version"]).manifest().get("report", {})),
-                "minutes": (time.monotonic() - t0) / 60,
-            })
+            rows.append(
+                {
+                    "round": r + 1,
+                    "photos": annotated,
+                    "annotator_s": seconds,
+                    "dataset": d["dataset_version"],
+                    "candidate": d["candidate"],
+                    "decision": d["decision"],
+                    "champion": champion.version if champion else None,
+                    "verdict": d.get("verdict"),
+                    "interval": [d["comparison"][k] for k in ("lo", "hi")] if d.get("comparison") else None,
+                    "count_mae": m.get("count_mae"),
+                    "segm_AP50": m.get("segm_AP50"),
+                    "prelabel": prelabel_quality(store.get(d["dataset_version"]).manifest().get("report", {})),
+                    "minutes": (time.monotonic() - t0) / 60,
+                }
+            )
             _print(rows, args.order)
             (args.out / f"curve-{args.order}.json").write_text(
                 json.dumps({"order": args.order, "baseline_count_mae": baseline, "rounds": rows}, indent=2)
@@ -221,8 +235,19 @@ def plot(out: Path) -> Path:
     return out / "learning_curve.png"
 
 
-HEADER = ["round", "photos annotated", "annotator-s", "dataset", "candidate", "decision", "champion", "fixed MAE",
-          "fixed mask AP50", "pre-label R/P", "minutes"]
+HEADER = [
+    "round",
+    "photos annotated",
+    "annotator-s",
+    "dataset",
+    "candidate",
+    "decision",
+    "champion",
+    "fixed MAE",
+    "fixed mask AP50",
+    "pre-label R/P",
+    "minutes",
+]
 
 
 def _print(rows: list[dict[str, Any]], order: str) -> None:

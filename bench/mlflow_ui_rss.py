@@ -26,8 +26,13 @@ from trainer.registry import start_ui, ui_server
 
 def kind(p: psutil.Process) -> str:
     cmd = " ".join(p.cmdline())
-    for needle, name in (("huey", "huey job consumer"), ("resource_tracker", "multiprocessing tracker"),
-                         ("spawn_main", "uvicorn worker"), ("uvicorn", "uvicorn supervisor"), ("mlflow", "mlflow cli")):
+    for needle, name in (
+        ("huey", "huey job consumer"),
+        ("resource_tracker", "multiprocessing tracker"),
+        ("spawn_main", "uvicorn worker"),
+        ("uvicorn", "uvicorn supervisor"),
+        ("mlflow", "mlflow cli"),
+    ):
         if needle in cmd:
             return name
     return p.name()

@@ -30,10 +30,14 @@ from trainer.train import default_train_config, train_and_save
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", nargs="+", type=int, default=[30], help="epochs per training run (default 30, the CPU recipe)")
+    p.add_argument(
+        "--epochs", nargs="+", type=int, default=[30], help="epochs per training run (default 30, the CPU recipe)"
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run per seed and epoch count")
     p.add_argument("--dataset", default="v0001")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="training settings, e.g. model.image_size=640 lr=2e-3")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="training settings, e.g. model.image_size=640 lr=2e-3"
+    )
     p.add_argument("--tag", default="", help="added to the run directory's name")
     args = p.parse_args()
     warnings.filterwarnings("ignore")
@@ -41,14 +45,27 @@ def main() -> None:
     version = store.get(args.dataset)
     for epochs in args.epochs:
         for seed in args.seeds:
-            cfg = default_train_config(version.name, "cpu", {**parse_overrides(args.set), "epochs": epochs, "seed": seed})
+            cfg = default_train_config(
+                version.name, "cpu", {**parse_overrides(args.set), "epochs": epochs, "seed": seed}
+            )
             print(f"{epochs} epochs, seed {seed}: {json.dumps(cfg.to_dict())}", flush=True)
-            run_dir = get_settings().runs_dir / f"bench-{version.name}-{cfg.model.backbone}-{cfg.model.image_size}px-e{epochs}-s{seed}{args.tag}"
+            run_dir = (
+                get_settings().runs_dir
+                / f"bench-{version.name}-{cfg.model.backbone}-{cfg.model.image_size}px-e{epochs}-s{seed}{args.tag}"
+            )
             t0 = time.monotonic()
             out = train_and_save(cfg, store, run_dir, progress=False)
             print(f"trained in {(time.monotonic() - t0) / 60:.1f} min: {out}", flush=True)
-            check = [sys.executable, str(Path(__file__).with_name("accuracy_check.py")), "--model", str(out),
-                     "--dataset", version.name, "--out", str(run_dir / "accuracy.json")]
+            check = [
+                sys.executable,
+                str(Path(__file__).with_name("accuracy_check.py")),
+                "--model",
+                str(out),
+                "--dataset",
+                version.name,
+                "--out",
+                str(run_dir / "accuracy.json"),
+            ]
             subprocess.run(check, check=False)
 
 

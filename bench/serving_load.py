@@ -115,8 +115,12 @@ def server_under_test(url: str | None, ready_timeout: float) -> Iterator[Server]
     cli = Path(sys.executable).with_name("bookcounter")
     log_path = Path(tempfile.gettempdir()) / f"serving_load-{port}.log"
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([str(cli), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        proc = subprocess.Popen(
+            [str(cli), "serve", "--host", "127.0.0.1", "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy(),
+        )
         try:
             yield Server(base, wait_ready(base, proc, ready_timeout), proc.pid, log_path)
         finally:
@@ -310,27 +314,38 @@ def report(results: Results, wall: float, server: Server, ready_mem: dict[str, f
     print(f"errors     : {len(results.errors)}" + (f" (first: {results.errors[0]})" if results.errors else ""))
     mem = server.memory_mb()
     if mem:
-        print(f"server RSS : ready {ready_mem['VmRSS']:.0f} MB (peak so far {ready_mem['VmHWM']:.0f}), "
-              f"end {mem['VmRSS']:.0f} MB, peak {mem['VmHWM']:.0f} MB")
+        print(
+            f"server RSS : ready {ready_mem['VmRSS']:.0f} MB (peak so far {ready_mem['VmHWM']:.0f}), "
+            f"end {mem['VmRSS']:.0f} MB, peak {mem['VmHWM']:.0f} MB"
+        )
     if server.log is not None:
         print(f"server log : {server.log}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[2:]),
     )
-    parser.add_argument("--mode", choices=("steady", "overload", "soak"), default="steady",
-                        help="steady (default): one photo in a loop; overload: one burst of big uploads; soak: a mix")
+    parser.add_argument(
+        "--mode",
+        choices=("steady", "overload", "soak"),
+        default="steady",
+        help="steady (default): one photo in a loop; overload: one burst of big uploads; soak: a mix",
+    )
     parser.add_argument("--clients", type=int, default=4, help="steady/soak: concurrent clients (default 4)")
     parser.add_argument("--seconds", type=float, default=30.0, help="steady: how long the clients run (default 30)")
     parser.add_argument("--minutes", type=float, default=10.0, help="soak: how long it runs (default 10)")
     parser.add_argument("--uploads", type=int, default=50, help="overload: concurrent uploads (default 50)")
     parser.add_argument("--photo-mb", type=float, default=10.0, help="overload: size of each upload (default 10)")
     parser.add_argument("--photo", type=Path, default=None, help="photo to post (default: a 640 px sample photo)")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="model dir (model.pt + model.json) to serve, registered in a throwaway state dir")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="model dir (model.pt + model.json) to serve, registered in a throwaway state dir",
+    )
     parser.add_argument("--url", default=None, help="load an already running server instead of starting one")
     parser.add_argument("--ready-timeout", type=float, default=180.0, help="seconds to wait for /readyz")
     args = parser.parse_args()
@@ -353,10 +368,15 @@ def main() -> None:
 
     with server_under_test(args.url, args.ready_timeout) as server:
         ready_mem = server.memory_mb()
-        print(f"model      : version {server.model.get('model_version')} {server.model.get('config') or ''} "
-              f"(dataset {server.model.get('dataset_version')})")
-        print(f"load       : {args.mode}: {what} on loopback ({os.cpu_count()} CPUs); "
-              f"max in flight {settings.max_in_flight}", flush=True)
+        print(
+            f"model      : version {server.model.get('model_version')} {server.model.get('config') or ''} "
+            f"(dataset {server.model.get('dataset_version')})"
+        )
+        print(
+            f"load       : {args.mode}: {what} on loopback ({os.cpu_count()} CPUs); "
+            f"max in flight {settings.max_in_flight}",
+            flush=True,
+        )
         if args.mode == "overload":
             results, wall = overload(server, photo, args.uploads)
         elif args.mode == "soak":

@@ -52,14 +52,20 @@ def time_modules(model: torch.nn.Module, sink: dict[str, float]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--dataset", default="latest")
     p.add_argument("--iters", type=int, default=30, help="measured iterations (default 30)")
     p.add_argument("--skip", type=int, default=3, help="warm-up iterations not measured (default 3)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0: in the training process)")
+    p.add_argument(
+        "--workers", type=int, default=0, help="DataLoader worker processes (default 0: in the training process)"
+    )
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format for the model")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="training settings, e.g. model.rois_per_img=64")
+    p.add_argument(
+        "--set", nargs="*", default=[], metavar="KEY=VALUE", help="training settings, e.g. model.rois_per_img=64"
+    )
     p.add_argument("--out", type=Path, help="append the result as one JSON line to this file")
     args = p.parse_args()
 
@@ -77,8 +83,13 @@ def main() -> None:
     opt = torch.optim.AdamW(params, lr=cfg.lr * 0.1, weight_decay=cfg.weight_decay)
     dataset = BookDataset(version, "train", cfg.model, train=True, seed=0, view_p=cfg.view_p, sparse_p=cfg.sparse_p)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate, num_workers=args.workers,
-        generator=torch.Generator().manual_seed(0), persistent_workers=args.workers > 0,
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        collate_fn=collate,
+        num_workers=args.workers,
+        generator=torch.Generator().manual_seed(0),
+        persistent_workers=args.workers > 0,
     )
     forward: dict[str, float] = {}
     time_modules(model, forward)
@@ -106,8 +117,16 @@ def main() -> None:
         opt.step()
         t4 = time.perf_counter()
         if it >= args.skip:
-            rows.append({"data": t1 - t0, **forward, "forward other": (t2 - t1) - sum(forward.values()),
-                         "backward": t3 - t2, "optimizer": t4 - t3, "total": t4 - t0})
+            rows.append(
+                {
+                    "data": t1 - t0,
+                    **forward,
+                    "forward other": (t2 - t1) - sum(forward.values()),
+                    "backward": t3 - t2,
+                    "optimizer": t4 - t3,
+                    "total": t4 - t0,
+                }
+            )
     cpu_per_image = (time.process_time() - cpu0) / (cfg.batch_size * len(rows))
     parts = defaultdict(list)
     for r in rows:
@@ -115,19 +134,32 @@ def main() -> None:
             parts[k].append(v)
     total = sum(parts["total"])
     ips = cfg.batch_size * len(rows) / total
-    print(f"{version.name}, batch {cfg.batch_size}, {args.threads} thread(s), workers {args.workers}, "
-          f"channels_last {args.channels_last}, overrides {args.set or '-'}")
+    print(
+        f"{version.name}, batch {cfg.batch_size}, {args.threads} thread(s), workers {args.workers}, "
+        f"channels_last {args.channels_last}, overrides {args.set or '-'}"
+    )
     print(f"{'part':>14} {'ms/iter (mean)':>15} {'share':>6}")
     for k, v in parts.items():
         if k != "total":
             print(f"{k:>14} {1000 * statistics.mean(v):>15.0f} {sum(v) / total:>6.1%}")
-    print(f"{'total':>14} {1000 * total / len(rows):>15.0f}\ntrain images/s: {ips:.2f}; CPU seconds per image "
-          f"(all threads; less sensitive to other load): {cpu_per_image:.2f}; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"{'total':>14} {1000 * total / len(rows):>15.0f}\ntrain images/s: {ips:.2f}; CPU seconds per image "
+        f"(all threads; less sensitive to other load): {cpu_per_image:.2f}; load average {os.getloadavg()[0]:.1f}"
+    )
     if args.out:
         with args.out.open("a") as f:
-            f.write(json.dumps({"args": vars(args) | {"out": str(args.out)}, "images_per_s": ips, "cpu_s_per_image": cpu_per_image,
-                                "ms_per_iter": {k: 1000 * statistics.mean(v) for k, v in parts.items()},
-                                "load_avg_1m": os.getloadavg()[0]}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "args": vars(args) | {"out": str(args.out)},
+                        "images_per_s": ips,
+                        "cpu_s_per_image": cpu_per_image,
+                        "ms_per_iter": {k: 1000 * statistics.mean(v) for k, v in parts.items()},
+                        "load_avg_1m": os.getloadavg()[0],
+                    }
+                )
+                + "\n"
+            )
 
 
 if __name__ == "__main__":

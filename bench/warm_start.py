@@ -47,14 +47,27 @@ def train_and_report(kind: str, overrides: dict, dataset: str, threads: int) -> 
     torch.set_num_threads(threads)
     store = DatasetStore.from_settings(get_settings())
     if kind == "warm":  # the champion's weights as a file: a fine-tune whatever the retrain policy would choose
-        overrides = {**WARM_START, "init": str(registry.model_dir(registry.champion().version) / "model.pt"), **overrides}
+        overrides = {
+            **WARM_START,
+            "init": str(registry.model_dir(registry.champion().version) / "model.pt"),
+            **overrides,
+        }
     cfg = default_train_config(dataset, "cpu", {"threads": threads, **overrides})
     name = "-".join([kind, *(f"{k}{v}" for k, v in overrides.items() if k != "init")])
     load0 = os.getloadavg()[0]
     out = train_and_save(cfg, store, get_settings().runs_dir / f"{name}-{dataset}", progress=False, log=lambda _: None)
     meta = json.loads((out / "model.json").read_text())
-    row = {"run": name, "seed": cfg.seed, "lr": cfg.lr, "warmup_iters": cfg.warmup_iters, "init_loaded": meta["init_loaded"].get("init"), "iterations": len(meta["iter_losses"]),
-           "first_loss": meta["iter_losses"][0], "load_start": round(load0, 1), "load_end": round(os.getloadavg()[0], 1)}
+    row = {
+        "run": name,
+        "seed": cfg.seed,
+        "lr": cfg.lr,
+        "warmup_iters": cfg.warmup_iters,
+        "init_loaded": meta["init_loaded"].get("init"),
+        "iterations": len(meta["iter_losses"]),
+        "first_loss": meta["iter_losses"][0],
+        "load_start": round(load0, 1),
+        "load_end": round(os.getloadavg()[0], 1),
+    }
     for split in ("val", "test"):
         m = evaluate_model(out, store.get(dataset), split, progress=False)["metrics"]
         row[split] = {"count_mae": round(m["count_mae"], 2), "segm_AP50": round(m["segm_AP50"], 3)}
@@ -65,9 +78,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--v1-photos", type=int, default=40)
     p.add_argument("--v1-epochs", type=int, default=20)
-    p.add_argument("--champion", type=Path, help="a model directory trained on a subset to warm from, instead of training v1")
-    p.add_argument("--runs", nargs="+", default=["warm:epochs=6", "cold"],
-                   help="warm or cold, with :key=value for any training setting (e.g. warm:epochs=6:lr=1e-4)")
+    p.add_argument(
+        "--champion", type=Path, help="a model directory trained on a subset to warm from, instead of training v1"
+    )
+    p.add_argument(
+        "--runs",
+        nargs="+",
+        default=["warm:epochs=6", "cold"],
+        help="warm or cold, with :key=value for any training setting (e.g. warm:epochs=6:lr=1e-4)",
+    )
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="one run of each per seed")
     p.add_argument("--threads", type=int, default=1, help="CPU threads per run")
     p.add_argument("--parallel", action="store_true", help="train the runs at the same time, one process each")
@@ -91,7 +110,10 @@ def main() -> None:
         info = registry.register(args.champion)
         registry.set_champion(info.version)
         meta = json.loads((args.champion / "model.json").read_text())
-        print(f"champion: {args.champion} ({meta['epochs_done']} epochs, {len(meta['iter_losses'])} iterations)", flush=True)
+        print(
+            f"champion: {args.champion} ({meta['epochs_done']} epochs, {len(meta['iter_losses'])} iterations)",
+            flush=True,
+        )
     if registry.champion() is None:
         v1 = store.commit(train[: args.v1_photos] + held_out, source=source).version
         print(f"v1: {v1.name} ({args.v1_photos} train photos), cold, {args.v1_epochs} epochs", flush=True)
@@ -100,8 +122,16 @@ def main() -> None:
         info = registry.register(get_settings().runs_dir / f"{row['run']}-{v1.name}" / "model")
         registry.set_champion(info.version)
     new = store.commit(train + held_out, source=source).version
-    print(f"new version {new.name}: {len(new.coco('train')['images'])} train photos; champion v{registry.champion().version}", flush=True)
-    runs = [(kind, {**over, "seed": seed}, new.name, args.threads) for kind, over in map(parse_run, args.runs) for seed in args.seeds]
+    print(
+        f"new version {new.name}: {len(new.coco('train')['images'])} train photos; champion "
+        f"v{registry.champion().version}",
+        flush=True,
+    )
+    runs = [
+        (kind, {**over, "seed": seed}, new.name, args.threads)
+        for kind, over in map(parse_run, args.runs)
+        for seed in args.seeds
+    ]
     t0 = time.monotonic()
     if args.parallel:
         with multiprocessing.get_context("spawn").Pool(len(runs)) as pool:

@@ -46,8 +46,13 @@ def split_password(url: str) -> tuple[str, dict[str, str]]:
 
 def _run(name: str, args: list[str], url: str) -> None:
     dbname, env = split_password(url)
-    done = subprocess.run([tool(name), *args, f"--dbname={dbname}"], env={**os.environ, **env},
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [tool(name), *args, f"--dbname={dbname}"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         err = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
         raise PostgresError(f"{name} {dbname}: {err}")
@@ -68,7 +73,9 @@ def table_count(url: str) -> int:
     import psycopg2
 
     with psycopg2.connect(url) as con, con.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')")
+        cur.execute(
+            "SELECT count(*) FROM pg_catalog.pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        )
         (n,) = cur.fetchone()
     con.close()
     return int(n)

@@ -53,8 +53,14 @@ class Server:
         except OSError:
             return None
 
-    def start(self, cmd: Sequence[str], health_url: str, env: Mapping[str, str] | None = None,
-              timeout: float = 120, cwd: Path | None = None) -> bool:
+    def start(
+        self,
+        cmd: Sequence[str],
+        health_url: str,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 120,
+        cwd: Path | None = None,
+    ) -> bool:
         """Start ``cmd`` unless running; wait for ``health_url`` to answer 2xx. True if started now."""
         if self.pid() is not None:
             wait_healthy(health_url, timeout, self)
@@ -62,8 +68,13 @@ class Server:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
-                list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+                list(cmd),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,
             )
         self.pid_file.write_text(str(proc.pid))
         try:

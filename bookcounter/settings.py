@@ -74,7 +74,8 @@ class Settings(BaseSettings):
     # --- training / registry -------------------------------------------------------------
     mlflow_experiment: str = "bookcounter"
     mlflow_database_url: str | None = Field(
-        None, description="postgresql://user:pw@host:port/db: MLflow's tracking store and registry on PostgreSQL instead of SQLite."
+        None,
+        description="postgresql://user:pw@host:port/db: MLflow's tracking store and registry on PostgreSQL.",
     )
     registered_model_name: str = "bookcounter-maskrcnn"
     retrain_budget_images: int = Field(
@@ -115,7 +116,8 @@ class Settings(BaseSettings):
     # --- prefect ---------------------------------------------------------------------------
     prefect_port: int = 4200
     prefect_database_url: str | None = Field(
-        None, description="postgresql://user:pw@host:port/db: the Prefect server's database on PostgreSQL instead of SQLite."
+        None,
+        description="postgresql://user:pw@host:port/db: the Prefect server's database on PostgreSQL instead of SQLite.",
     )
     loop_cron: str = Field("0 2 * * *", description="When the scheduled loop runs (cron, local time).")
     inbox_poll_seconds: float = Field(30, gt=0, description="How often `flows serve` pre-labels new inbox photos.")
@@ -170,7 +172,7 @@ class Settings(BaseSettings):
 
     @property
     def mlflow_tracking_uri(self) -> str:
-        """MLflow's tracking and registry store: ``mlflow_database_url`` (with psycopg2), else SQLite under ``mlflow_dir``."""
+        """MLflow's tracking and registry store: ``mlflow_database_url`` (psycopg2), else SQLite in ``mlflow_dir``."""
         if self.mlflow_database_url:
             return self.mlflow_database_url.replace("postgresql://", "postgresql+psycopg2://", 1)
         return f"sqlite:///{self.mlflow_dir / 'mlflow.db'}"
@@ -192,7 +194,9 @@ class Settings(BaseSettings):
     @property
     def prefect_database_connection_url(self) -> str | None:
         """``PREFECT_API_DATABASE_CONNECTION_URL`` for ``prefect_database_url`` (asyncpg); None: Prefect's SQLite."""
-        return self.prefect_database_url and self.prefect_database_url.replace("postgresql://", "postgresql+asyncpg://", 1)
+        return self.prefect_database_url and self.prefect_database_url.replace(
+            "postgresql://", "postgresql+asyncpg://", 1
+        )
 
     @property
     def prefect_home(self) -> Path:

@@ -75,8 +75,13 @@ def count_folder_flow(
             else:
                 pending[key] = str(path)
         print(f"count-folder: {len(photos)} photos, {len(pending)} to count with model version {info.version}")
-        futures = count_photo_task.map(list(pending.values()), unmapped(str(model_dir)), unmapped(info),
-                                       unmapped(overlays), unmapped(format == "json"))
+        futures = count_photo_task.map(
+            list(pending.values()),
+            unmapped(str(model_dir)),
+            unmapped(info),
+            unmapped(overlays),
+            unmapped(format == "json"),
+        )
         key_of = {future.task_run_id: key for future, key in zip(futures, pending)}
         for future in as_completed(futures):
             try:
@@ -94,5 +99,10 @@ def count_folder_flow(
             tally.skip(results, key)
     create_table_artifact(table, key="count-folder", description=tally.line(out_path))
     print(f"count-folder: {tally.line(out_path)}")
-    return {"photos": len(photos), "books": tally.books, "counted": tally.counted, "failed": tally.failed,
-            "skipped": tally.skipped}
+    return {
+        "photos": len(photos),
+        "books": tally.books,
+        "counted": tally.counted,
+        "failed": tally.failed,
+        "skipped": tally.skipped,
+    }

@@ -71,8 +71,10 @@ def run_demo(settings: Settings, first_train_photos: int, budget_images: int) ->
         items, source={**SOURCE, "files": [str(f) for f in files.values()]}
     )
     first_version = result.version.name
-    console.print(f"{'created' if result.created else 'already there:'} {first_version} "
-                  f"({len(first)} of {len(train_items)} train photos, all val and test)")
+    console.print(
+        f"{'created' if result.created else 'already there:'} {first_version} "
+        f"({len(first)} of {len(train_items)} train photos, all val and test)"
+    )
 
     _step(2, f"train the first model (budget {budget_images} images seen) and run the promotion rule")
     champion_before = registry.champion()
@@ -105,8 +107,12 @@ def _step(n: int, what: str) -> None:
 
 def _start_services(settings: Settings) -> dict[str, str]:
     services.stop(settings, ["ml-backend"])  # it ran with the retraining trigger off (step 1)
-    urls = {"web page": "serving", "Label Studio": "labelstudio", "Prefect UI": "prefect-server",
-            "MLflow UI": "mlflow-ui"}
+    urls = {
+        "web page": "serving",
+        "Label Studio": "labelstudio",
+        "Prefect UI": "prefect-server",
+        "MLflow UI": "mlflow-ui",
+    }
     by_name = {service.name: service.url for service, _ in services.start(settings, [*urls.values(), "ml-backend"])}
     return {title: by_name[name] for title, name in urls.items()}
 
@@ -125,13 +131,18 @@ def _summary(settings: Settings, before, first, urls: dict[str, str], seconds: f
             *(f"{m['counts'][s]['images']} photos / {m['counts'][s]['books']} books" for s in SPLITS),
         )
     console.print(versions)
-    decisions = Table("model", "dataset", "decision", "count MAE (test)", "mask AP (test)",
-                      "champion then", "its MAE", "its mask AP")
+    decisions = Table(
+        "model", "dataset", "decision", "count MAE (test)", "mask AP (test)", "champion then", "its MAE", "its mask AP"
+    )
     history = promote.history()
     for d in history:
         cm, ch = d.get("candidate_metrics") or {}, d.get("champion_metrics") or {}
         decisions.add_row(
-            d["candidate"], d["dataset_version"], d["decision"], _num(cm.get("count_mae")), _num(cm.get("segm_AP")),
+            d["candidate"],
+            d["dataset_version"],
+            d["decision"],
+            _num(cm.get("count_mae")),
+            _num(cm.get("segm_AP")),
             d.get("champion") or "none",
             _num(ch.get("count_mae")) if ch else f"{_num(d.get('baseline_count_mae'))} (baseline)",
             _num(ch.get("segm_AP")),

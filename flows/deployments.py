@@ -35,18 +35,33 @@ def annotations_ready_trigger() -> DeploymentEventTrigger:
 
 def deployments(settings: Settings) -> list:
     return [
-        prelabel_flow.to_deployment(name="inbox", interval=settings.inbox_poll_seconds,
-                                    description="Pre-label new inbox photos into Label Studio."),
-        watch_annotations_flow.to_deployment(name="annotation-count", interval=settings.annotation_poll_seconds,
-                                             description="Emit bookcounter.annotations.ready once enough new annotations arrived."),
-        loop_flow.to_deployment(name="loop", cron=settings.loop_cron, triggers=[annotations_ready_trigger()],
-                                description="Collect, retrain and promote: nightly, and on bookcounter.annotations.ready."),
-        backup_flow.to_deployment(name="nightly", cron=settings.backup_cron,
-                                  description="Back up Label Studio, MLflow, datasets and decisions; keep the last K."),
+        prelabel_flow.to_deployment(
+            name="inbox",
+            interval=settings.inbox_poll_seconds,
+            description="Pre-label new inbox photos into Label Studio.",
+        ),
+        watch_annotations_flow.to_deployment(
+            name="annotation-count",
+            interval=settings.annotation_poll_seconds,
+            description="Emit bookcounter.annotations.ready once enough new annotations arrived.",
+        ),
+        loop_flow.to_deployment(
+            name="loop",
+            cron=settings.loop_cron,
+            triggers=[annotations_ready_trigger()],
+            description="Collect, retrain and promote: nightly, and on bookcounter.annotations.ready.",
+        ),
+        backup_flow.to_deployment(
+            name="nightly",
+            cron=settings.backup_cron,
+            description="Back up Label Studio, MLflow, datasets and decisions; keep the last K.",
+        ),
         collect_flow.to_deployment(name="manual", description="Collect annotations into a new dataset version."),
         retrain_flow.to_deployment(name="manual", description="Train, evaluate and promote on the newest version."),
-        count_folder_flow.to_deployment(name="manual", description="Count the books in a folder of photos into a CSV "
-                                        "(on Dask with BOOKCOUNTER_DASK_ADDRESS)."),
+        count_folder_flow.to_deployment(
+            name="manual",
+            description="Count the books in a folder of photos into a CSV (on Dask with BOOKCOUNTER_DASK_ADDRESS).",
+        ),
     ]
 
 

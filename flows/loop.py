@@ -167,8 +167,10 @@ def watch_annotations_flow() -> dict[str, Any]:
     ensure_labelstudio()
     pending, crossing = check_annotations(settings, "watch-annotations")
     threshold = settings.retrain_every_n_annotations
-    print(f"watch-annotations: {pending} submitted annotation(s) not in a dataset version yet (threshold {threshold}); "
-          + (f"emitted {ANNOTATIONS_READY}" if crossing else "nothing to emit"))
+    print(
+        f"watch-annotations: {pending} submitted annotation(s) not in a dataset version yet (threshold {threshold}); "
+        + (f"emitted {ANNOTATIONS_READY}" if crossing else "nothing to emit")
+    )
     return {"pending": pending, "emitted": crossing is not None}
 
 
@@ -176,8 +178,7 @@ def _decision_markdown(d: dict[str, Any]) -> str:
     """The decision as a Prefect artifact: the verdict in words (with the interval), then the metrics."""
     candidate, champion = d.get("candidate_metrics") or {}, d.get("champion_metrics") or {}
     rows = "\n".join(
-        f"| {k} | {_fmt(candidate.get(k))} | {_fmt(champion.get(k))} |"
-        for k in ("count_mae", "segm_AP", "segm_AP50")
+        f"| {k} | {_fmt(candidate.get(k))} | {_fmt(champion.get(k))} |" for k in ("count_mae", "segm_AP", "segm_AP50")
     )
     return (
         f"# Model version {d['candidate']}: **{d['decision']}**\n\n{d['reason']}\n\n"

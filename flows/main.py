@@ -97,7 +97,8 @@ def backup_command(
     dest: Path = typer.Argument(..., help="New folder to write the backup to (must not exist)."),
 ) -> None:
     """Back up the human work while the services run: Label Studio's and MLflow's databases (SQLite's
-    online backup, or pg_dump for PostgreSQL: docs/postgres.md), the uploaded photos, model files, dataset versions, decision log, pending inbox
+    online backup, or pg_dump for PostgreSQL: docs/postgres.md), the uploaded photos, model files, dataset versions,
+    decision log, pending inbox
     photos and secrets, with a manifest (sizes, sha256). See 'bookcounter restore'."""
     from bookcounter.settings import get_settings
     from flows.state_backup import backup, summary

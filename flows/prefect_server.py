@@ -43,6 +43,16 @@ def start_ui(settings: Settings) -> str:
     env = {"PREFECT_HOME": str(settings.prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     if settings.prefect_database_connection_url:
         env["PREFECT_API_DATABASE_CONNECTION_URL"] = settings.prefect_database_connection_url
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(settings.prefect_port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(settings.prefect_port),
+    ]
     prefect_ui_server(settings).start(cmd, f"{ui_url(settings)}/api/health", env=env, timeout=120)
     return ui_url(settings)

@@ -42,7 +42,8 @@ def replay(settings: Settings, references: dict[str, list[masks.RLE]], limit: in
     project_id = ensure_project(settings)
     ls = client(settings)
     todo = [
-        t for t in export_snapshot(settings, project_id)
+        t
+        for t in export_snapshot(settings, project_id)
         if t["data"].get("sha256") in references and latest_submitted(t) is None
     ]
     done = []

@@ -34,7 +34,7 @@ import shutil
 import sqlite3
 import stat
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +77,7 @@ def backup(settings: Settings, dest: Path) -> dict[str, Any]:
             else:
                 files[rel] = _copy_one(state / rel, tmp / FILES / rel)
         manifest = {
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "state_dir": str(state),
             "databases": {
                 **{name: "postgresql" if name in databases else "sqlite" for name in DATABASES},
@@ -188,7 +188,9 @@ def restore(settings: Settings, src: Path) -> dict[str, Any]:
     manifest = read_manifest(src)
     state = settings.state_dir
     if state.exists() and any(state.iterdir()):
-        raise BackupError(f"state dir {state} is not empty; restore only into an empty one (or a new BOOKCOUNTER_STATE_DIR)")
+        raise BackupError(
+            f"state dir {state} is not empty; restore only into an empty one (or a new BOOKCOUNTER_STATE_DIR)"
+        )
     for rel, info in manifest["files"].items():
         path = src / FILES / rel
         if not path.is_file():
@@ -199,11 +201,15 @@ def restore(settings: Settings, src: Path) -> dict[str, Any]:
     databases = _postgres(settings)
     for name in dumps:
         if name not in databases:
-            raise BackupError(f"{src} holds {name}'s PostgreSQL database: set BOOKCOUNTER_{DATABASES[name].upper()} "
-                              "to an empty database to restore it into")
+            raise BackupError(
+                f"{src} holds {name}'s PostgreSQL database: set BOOKCOUNTER_{DATABASES[name].upper()} "
+                "to an empty database to restore it into"
+            )
         if postgres.table_count(databases[name]):
-            raise BackupError(f"{name}'s database {postgres.split_password(databases[name])[0]} is not empty; "
-                              "restore only into an empty one")
+            raise BackupError(
+                f"{name}'s database {postgres.split_password(databases[name])[0]} is not empty; "
+                "restore only into an empty one"
+            )
     for name, dump in dumps.items():
         postgres.restore(databases[name], dump)
     for rel, info in manifest["files"].items():
@@ -223,7 +229,7 @@ def dated_backup(settings: Settings, root: Path, keep: int) -> tuple[Path, dict[
     """
     if keep < 1:
         raise BackupError(f"keep must be at least 1 (got {keep})")
-    dest = Path(root) / (datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z")
+    dest = Path(root) / (datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z")
     manifest = backup(settings, dest)
     finished = sorted(p for p in Path(root).iterdir() if p.is_dir() and (p / MANIFEST).is_file())
     removed = finished[:-keep]

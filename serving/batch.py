@@ -67,8 +67,13 @@ def find_photos(paths: Iterable[Path], recursive: bool = False) -> list[Path]:
     for path in map(Path, paths):
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            inside = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                            and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            inside = sorted(
+                p
+                for p in path.glob(pattern)
+                if p.is_file()
+                and p.suffix.lower() in IMAGE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(path).parts)
+            )
             if not inside:
                 suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
                 more = "" if recursive else "; add --recursive to look in its subfolders"
@@ -99,16 +104,21 @@ def read_photo(path: Path, settings: Settings) -> Photo:
     limit = int(settings.max_upload_mb * 1_000_000)
     try:
         if path.stat().st_size > limit:
-            return Photo(path, None, sha256_file(path), f"{path}: the photo is over the {settings.max_upload_mb:g} MB "
-                         "upload limit (BOOKCOUNTER_MAX_UPLOAD_MB)")
+            return Photo(
+                path,
+                None,
+                sha256_file(path),
+                f"{path}: the photo is over the {settings.max_upload_mb:g} MB upload limit (BOOKCOUNTER_MAX_UPLOAD_MB)",
+            )
         data = path.read_bytes()
     except OSError as e:
         return Photo(path, None, "", f"{path}: cannot read ({e.strerror or e})")
     return Photo(path, data, sha256_bytes(data))
 
 
-def count_photo(photo: Photo, model: LoadedModel, settings: Settings, overlays: Path | None = None,
-                instances: bool = False) -> Row:
+def count_photo(
+    photo: Photo, model: LoadedModel, settings: Settings, overlays: Path | None = None, instances: bool = False
+) -> Row:
     """Count one photo as ``POST /count`` does; a bad photo is a row with its one-line reason."""
     row = Row(str(photo.path), photo.sha256, model_version=model.version, error=photo.error)
     if photo.data is None:
@@ -211,8 +221,10 @@ class Results:
             if self.format == "csv":
                 reader = csv.DictReader(f)
                 if reader.fieldnames != CSV_COLUMNS:
-                    raise UserError(f"{self.path}: not a CSV written by 'bookcounter count' (its header differs); "
-                                    "choose another --out")
+                    raise UserError(
+                        f"{self.path}: not a CSV written by 'bookcounter count' (its header differs); "
+                        "choose another --out"
+                    )
                 for rec in reader:
                     yield Row(rec["path"], rec["sha256"], _int(rec["count"]), rec["model_version"], error=rec["error"])
                 return
@@ -221,8 +233,10 @@ class Results:
                     rec = json.loads(line)
                     yield Row(rec["path"], rec["sha256"], rec["count"], rec["model_version"], error=rec["error"])
                 except (ValueError, KeyError, TypeError):
-                    raise UserError(f"{self.path}:{n}: not a JSON line written by 'bookcounter count --format json'; "
-                                    "choose another --out") from None
+                    raise UserError(
+                        f"{self.path}:{n}: not a JSON line written by 'bookcounter count --format json'; "
+                        "choose another --out"
+                    ) from None
 
     def _note(self, row: Row) -> None:
         self.done[row.key] = row.error
@@ -235,7 +249,8 @@ class Results:
         if self.format == "csv":
             buf = io.StringIO()
             csv.writer(buf, lineterminator="\n").writerow(
-                ["" if v is None else v for k, v in asdict(row).items() if k != "instances"])
+                ["" if v is None else v for k, v in asdict(row).items() if k != "instances"]
+            )
             line = buf.getvalue()
         else:
             line = json.dumps(asdict(row), separators=(",", ":")) + "\n"
@@ -265,8 +280,15 @@ def _int(value: str) -> int | None:
 
 
 # --- the batch in one process (``bookcounter count``) -------------------------------------------
-def count_all(photos: list[Path], model: LoadedModel, results: Results, settings: Settings, tally: Tally,
-              overlays: Path | None = None, progress: bool = True) -> None:
+def count_all(
+    photos: list[Path],
+    model: LoadedModel,
+    results: Results,
+    settings: Settings,
+    tally: Tally,
+    overlays: Path | None = None,
+    progress: bool = True,
+) -> None:
     """Count every photo not yet in ``results`` into it, one durable row each, with a progress bar."""
     from tqdm import tqdm
 
@@ -318,7 +340,10 @@ class Tally:
     def line(self, out: Path) -> str:
         rate = self.counted / self.seconds if self.seconds > 0 else 0.0
         skipped = f", {self.skipped} skipped (already in {out}" + (
-            f", {self.skipped_failed} of them failed)" if self.skipped_failed else ")")
-        return (f"{self.books} books in {self.counted + self.failed + self.skipped} photos: {self.counted} counted, "
-                f"{self.failed} failed{skipped if self.skipped else ''} in {self.seconds:.1f} s "
-                f"({rate:.2f} photos/s) -> {out}")
+            f", {self.skipped_failed} of them failed)" if self.skipped_failed else ")"
+        )
+        return (
+            f"{self.books} books in {self.counted + self.failed + self.skipped} photos: {self.counted} counted, "
+            f"{self.failed} failed{skipped if self.skipped else ''} in {self.seconds:.1f} s "
+            f"({rate:.2f} photos/s) -> {out}"
+        )

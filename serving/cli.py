@@ -22,8 +22,9 @@ class PortInUse(UserError):
 
 def serve(
     host: str | None = typer.Option(
-        None, help="Address to listen on (default BOOKCOUNTER_SERVE_HOST, 127.0.0.1). Use 0.0.0.0 to let "
-        "phones on the same LAN open the page."
+        None,
+        help="Address to listen on (default BOOKCOUNTER_SERVE_HOST, 127.0.0.1). Use 0.0.0.0 to let "
+        "phones on the same LAN open the page.",
     ),
     port: int | None = typer.Option(None, help="Port (default BOOKCOUNTER_SERVE_PORT, 8000)."),
 ) -> None:
@@ -62,12 +63,17 @@ def serve(
 
 def count_command(
     paths: list[Path] = typer.Argument(..., metavar="PATH...", help="Photos and/or folders of photos."),
-    out: Path | None = typer.Option(None, "--out", help="Results file, appended to (default counts.csv, or "
-                                    "counts.jsonl with --format json)."),
-    fmt: str = typer.Option("csv", "--format", help="csv: one row per photo; json: JSON lines with the "
-                            "instances (score, bbox, mask RLE) as well."),
-    overlays: Path | None = typer.Option(None, "--overlays", help="Also write each photo's annotated PNG "
-                                         "(as ?overlay=1) into this folder."),
+    out: Path | None = typer.Option(
+        None, "--out", help="Results file, appended to (default counts.csv, or counts.jsonl with --format json)."
+    ),
+    fmt: str = typer.Option(
+        "csv",
+        "--format",
+        help="csv: one row per photo; json: JSON lines with the instances (score, bbox, mask RLE) as well.",
+    ),
+    overlays: Path | None = typer.Option(
+        None, "--overlays", help="Also write each photo's annotated PNG (as ?overlay=1) into this folder."
+    ),
     model: str = typer.Option("champion", "--model", help="'champion' or a registered version number."),
     recursive: bool = typer.Option(False, "--recursive", "-r", help="Look for photos in subfolders too."),
 ) -> None:
@@ -96,8 +102,9 @@ def count_command(
         except KeyboardInterrupt:
             typer.echo(tally.line(out), err=True)
             again = shlex.join(["bookcounter", *sys.argv[1:]])
-            typer.secho(f"interrupted: every finished photo is saved in {out}; resume with: {again}",
-                        fg="yellow", err=True)
+            typer.secho(
+                f"interrupted: every finished photo is saved in {out}; resume with: {again}", fg="yellow", err=True
+            )
             raise typer.Exit(130) from None
     typer.echo(tally.line(out))
     if tally.any_failed:

@@ -106,7 +106,10 @@ class ModelSlot:
             self._metrics.reload_failures.inc()
             log.error(
                 "champion version %s failed to load (%s: %s); still serving %s",
-                info.version, type(e).__name__, e, self._version(),
+                info.version,
+                type(e).__name__,
+                e,
+                self._version(),
                 exc_info=log.isEnabledFor(logging.DEBUG),
             )
             return

@@ -207,4 +207,3 @@ async def read_upload(request: Request, max_bytes: int, too_large: str) -> tuple
     if len(data) > max_bytes:
         raise TooLarge(too_large)
     return data, name
-

@@ -68,8 +68,13 @@ def click_on(mask: np.ndarray) -> dict[str, Any]:
     """A positive keypoint at the book's centre, in Label Studio's percent coordinates."""
     ys, xs = np.nonzero(mask)
     h, w = mask.shape
-    return {"type": "keypointlabels", "from_name": "click", "to_name": "image", "is_positive": True,
-            "value": {"x": 100 * xs.mean() / w, "y": 100 * ys.mean() / h, "width": 0.6, "keypointlabels": ["book"]}}
+    return {
+        "type": "keypointlabels",
+        "from_name": "click",
+        "to_name": "image",
+        "is_positive": True,
+        "value": {"x": 100 * xs.mean() / w, "y": 100 * ys.mean() / h, "width": 0.6, "keypointlabels": ["book"]},
+    }
 
 
 def _call(tally: Tally, what: str, fn):
@@ -88,8 +93,13 @@ def _call(tally: Tally, what: str, fn):
 
 def _click(ls: LabelStudio, tally: Tally, backend_id: int, task: ShelfTask, book: int, times: list[float]) -> None:
     started = time.perf_counter()
-    raw = _call(tally, f"click task {task.id}", lambda: ls.ml.with_raw_response.predict_interactive(
-        id=backend_id, task=task.id, context={"result": [click_on(task.masks[book])]}))
+    raw = _call(
+        tally,
+        f"click task {task.id}",
+        lambda: ls.ml.with_raw_response.predict_interactive(
+            id=backend_id, task=task.id, context={"result": [click_on(task.masks[book])]}
+        ),
+    )
     if raw is None:
         return
     elapsed = (time.perf_counter() - started) * 1000
@@ -102,11 +112,15 @@ def _click(ls: LabelStudio, tally: Tally, backend_id: int, task: ShelfTask, book
 
 def annotator(settings: Settings, backend_id: int, tasks: list[ShelfTask], tally: Tally) -> None:
     """One person's work on ``tasks``: click, submit (one book missing), click, correct."""
-    ls = LabelStudio(base_url=settings.ls_url, api_key=settings.ls_secrets.token.get_secret_value(), timeout=120, max_retries=0)
+    ls = LabelStudio(
+        base_url=settings.ls_url, api_key=settings.ls_secrets.token.get_secret_value(), timeout=120, max_retries=0
+    )
     for task in tasks:
         _click(ls, tally, backend_id, task, 0, tally.first_click_ms)
         first = [brush_result(m) for m in task.masks[:-1]]
-        made = _call(tally, f"submit task {task.id}", partial(ls.annotations.create, id=task.id, result=first, lead_time=4.0))
+        made = _call(
+            tally, f"submit task {task.id}", partial(ls.annotations.create, id=task.id, result=first, lead_time=4.0)
+        )
         if made is None:
             continue
         with tally.lock:

@@ -32,7 +32,11 @@ from flows.prefect_server import configure_prefect  # noqa: E402
 configure_prefect(get_settings())  # as bookcounter's entry point does, before Prefect is imported
 
 pytest_plugins: list[str] = [
-    "fixtures_labelstudio", "fixtures_sam", "fixtures_trainer", "fixtures_serving", "fixtures_postgres",
+    "fixtures_labelstudio",
+    "fixtures_sam",
+    "fixtures_trainer",
+    "fixtures_serving",
+    "fixtures_postgres",
     "fixtures_prefect",
 ]
 

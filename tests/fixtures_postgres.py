@@ -76,31 +76,64 @@ def postgres() -> Iterator[Cluster]:
         initdb, pg_ctl = tool("initdb"), tool("pg_ctl")
     except PostgresError as e:
         pytest.fail(f"{e} (or deselect these tests: -m 'not postgres')")
-    root = Path(tempfile.mkdtemp(prefix="bookcounter-pg-"))  # not under pytest's 0700 root dir: the server user reads it
+    root = Path(
+        tempfile.mkdtemp(prefix="bookcounter-pg-")
+    )  # not under pytest's 0700 root dir: the server user reads it
     data, log, pwfile = root / "data", root / "server.log", root / "pw"
     cluster = Cluster(free_port(), secrets.token_hex(12))
     pwfile.write_text(cluster.password)
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
         shutil.chown(pwfile, "postgres")
-    subprocess.run(_as_server_user([initdb, "-D", str(data), "-U", PG_USER, f"--pwfile={pwfile}", "-E", "UTF8",
-                                    "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256"]),
-                   check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        _as_server_user(
+            [
+                initdb,
+                "-D",
+                str(data),
+                "-U",
+                PG_USER,
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+            ]
+        ),
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     options = f"-p {cluster.port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
-    subprocess.run(_as_server_user([pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", str(START_TIMEOUT_S),
-                                    "start"]), check=True, capture_output=True, timeout=START_TIMEOUT_S + 60)
+    subprocess.run(
+        _as_server_user(
+            [pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", str(START_TIMEOUT_S), "start"]
+        ),
+        check=True,
+        capture_output=True,
+        timeout=START_TIMEOUT_S + 60,
+    )
     try:
         yield cluster
     finally:
-        subprocess.run(_as_server_user([pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"]), capture_output=True, check=False, timeout=120)
+        subprocess.run(
+            _as_server_user([pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"]),
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
         shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def labelstudio_pg(postgres: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A Label Studio server on PostgreSQL (its own database); its settings."""
-    server = Settings(state_dir=tmp_path_factory.mktemp("labelstudio-pg"), ls_port=free_port(),
-                      ls_database_url=postgres.create_database("labelstudio"))
+    server = Settings(
+        state_dir=tmp_path_factory.mktemp("labelstudio-pg"),
+        ls_port=free_port(),
+        ls_database_url=postgres.create_database("labelstudio"),
+    )
     start_server(server, timeout=300)
     try:
         yield server

@@ -31,8 +31,11 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
 @pytest.fixture(scope="session")
 def prefect_server_pg(postgres: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A Prefect server on PostgreSQL (its own database), started once per session."""
-    server = Settings(state_dir=tmp_path_factory.mktemp("prefect-pg"), prefect_port=free_port(),
-                      prefect_database_url=postgres.create_database("prefect"))
+    server = Settings(
+        state_dir=tmp_path_factory.mktemp("prefect-pg"),
+        prefect_port=free_port(),
+        prefect_database_url=postgres.create_database("prefect"),
+    )
     start_ui(server)
     try:
         yield server

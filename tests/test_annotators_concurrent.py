@@ -117,10 +117,12 @@ def settled_events(settings: Settings, project: int, final_index: int) -> list:
 
 
 def record(kind: str, tasks: list[ShelfTask], tally: Tally, lost: int, duplicates: int, events: int, runs: int) -> None:
-    print(f"\n[{kind}] annotators {ANNOTATORS}, tasks {len(tasks)}: submitted {len(tally.submitted)}, corrected "
-          f"{tally.corrected}, lost {lost}, duplicate versions {duplicates}, 5xx {len(tally.server_errors)}, "
-          f"other errors {len(tally.other_errors)}, clicks without a mask {tally.empty_clicks}, events {events}, "
-          f"loop runs {runs}; {click_line(tally)}")
+    print(
+        f"\n[{kind}] annotators {ANNOTATORS}, tasks {len(tasks)}: submitted {len(tally.submitted)}, corrected "
+        f"{tally.corrected}, lost {lost}, duplicate versions {duplicates}, 5xx {len(tally.server_errors)}, "
+        f"other errors {len(tally.other_errors)}, clicks without a mask {tally.empty_clicks}, events {events}, "
+        f"loop runs {runs}; {click_line(tally)}"
+    )
 
 
 def test_four_annotators_at_once_lose_nothing_and_start_one_loop_per_crossing(

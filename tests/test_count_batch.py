@@ -106,7 +106,9 @@ def test_kill_and_resume_loses_and_duplicates_nothing(tmp_path: Path, tiny_champ
     deadline = time.monotonic() + 300
     while not re.search(rb"\b([3-9]|\d\d)/40\b", seen):  # tqdm says three photos are done
         left = deadline - time.monotonic()
-        assert left > 0, f"bookcounter count did not finish three photos within 300 s: {seen.decode(errors='replace')[-2000:]}"
+        assert left > 0, (
+            f"bookcounter count did not finish three photos within 300 s: {seen.decode(errors='replace')[-2000:]}"
+        )
         if not select.select([proc.stderr], [], [], left)[0]:
             continue
         chunk = os.read(proc.stderr.fileno(), 4096)

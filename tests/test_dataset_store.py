@@ -51,7 +51,10 @@ def _cli(*args: str, state: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "BOOKCOUNTER_STATE_DIR": str(state)}
     return subprocess.run(
         [sys.executable, "-c", "from flows.main import main; main()", *args],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
 
 
@@ -81,8 +84,11 @@ def test_sample_polygons_become_rle_with_area_within_one_percent(sample_dir: Pat
 
 
 def test_import_then_reimport_is_a_noop(tmp_path: Path) -> None:
-    src = _write_coco(tmp_path / "src", [("a.jpg", _jpeg(seed=1)), ("b.jpg", _jpeg(seed=2))],
-                      [_box(1, 1, 5, 5, 20, 40), _box(2, 1, 25, 5, 40, 40), _box(3, 2, 5, 5, 60, 20)])
+    src = _write_coco(
+        tmp_path / "src",
+        [("a.jpg", _jpeg(seed=1)), ("b.jpg", _jpeg(seed=2))],
+        [_box(1, 1, 5, 5, 20, 40), _box(2, 1, 25, 5, 40, 40), _box(3, 2, 5, 5, 60, 20)],
+    )
     store = DatasetStore(tmp_path / "store")
     items, report = read_coco(src, src.parent)
     first = store.commit(items, {"name": "t"})
@@ -162,8 +168,11 @@ def test_cli_import_list_verify_and_noop(tmp_path: Path) -> None:
 
 
 def test_polygon_outside_image_is_clipped_and_zero_area_is_skipped(tmp_path: Path) -> None:
-    src = _write_coco(tmp_path / "src", [("a.jpg", _jpeg(64, 48, seed=1))],
-                      [_box(1, 1, -10, 5, 20, 40), _box(2, 1, 30, 10, 30, 10), _box(3, 1, 70, 10, 90, 30)])
+    src = _write_coco(
+        tmp_path / "src",
+        [("a.jpg", _jpeg(64, 48, seed=1))],
+        [_box(1, 1, -10, 5, 20, 40), _box(2, 1, 30, 10, 30, 10), _box(3, 1, 70, 10, 90, 30)],
+    )
     items, report = read_coco(src, src.parent)
     assert report["clipped_polygons"] == 2 and report["skipped_zero_area"] == 2
     assert len(items[0].masks) == 1

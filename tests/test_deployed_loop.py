@@ -89,15 +89,19 @@ class Deployed:
     logs: dict[str, Path]
 
     def log_tails(self) -> str:
-        return "\n".join(f"--- {name} ({path}):\n{path.read_text(errors='replace')[-6000:]}"
-                         for name, path in self.logs.items() if path.is_file())
+        return "\n".join(
+            f"--- {name} ({path}):\n{path.read_text(errors='replace')[-6000:]}"
+            for name, path in self.logs.items()
+            if path.is_file()
+        )
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
     """``cmd`` in its own process group (so every flow-run subprocess it starts is stopped with it)."""
     with open(log, "wb") as out:
-        return subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        return subprocess.Popen(
+            cmd, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
 
 
 def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
@@ -112,8 +116,13 @@ def stop(proc: subprocess.Popen, timeout: float = 30) -> None:
         pass
 
 
-def wait_for(what: str, get: Callable[[], T | None], timeout: float, procs: Sequence[subprocess.Popen] = (),
-             deployed: Deployed | None = None) -> T:
+def wait_for(
+    what: str,
+    get: Callable[[], T | None],
+    timeout: float,
+    procs: Sequence[subprocess.Popen] = (),
+    deployed: Deployed | None = None,
+) -> T:
     """Poll ``get`` until it returns something truthy; fail after ``timeout`` or when a process died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -197,8 +206,10 @@ def runs_of(deployed: Deployed, deployment: uuid.UUID) -> list:
 def ready_events(deployed: Deployed, project_id: int) -> list:
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-    flt = EventFilter(event=EventNameFilter(name=[events.ANNOTATIONS_READY]),
-                      resource=EventResourceFilter(id=[f"{events.RESOURCE_PREFIX}.{project_id}"]))
+    flt = EventFilter(
+        event=EventNameFilter(name=[events.ANNOTATIONS_READY]),
+        resource=EventResourceFilter(id=[f"{events.RESOURCE_PREFIX}.{project_id}"]),
+    )
     with prefect_client(deployed) as c:
         return c.read_events(flt, limit=50).events
 
@@ -210,7 +221,9 @@ def annotated_task(settings: Settings, project: int, seed: int, n_books: int) ->
     image.save(buf, format="PNG")
     data = buf.getvalue()
     url = upload_photo(settings, project, data, f"shelf-{seed}.png")
-    task = create_task(settings, project, {"image": url, "sha256": sha256_bytes(data), "file_name": f"shelf-{seed}.png"}, [])
+    task = create_task(
+        settings, project, {"image": url, "sha256": sha256_bytes(data), "file_name": f"shelf-{seed}.png"}, []
+    )
     client(settings).annotations.create(id=task, result=[brush_result(m) for m in masks])
     return sha256_bytes(data)
 
@@ -229,7 +242,9 @@ def test_annotations_crossing_n_run_the_served_loop_and_the_counting_server_swit
 
     # the schedule: a watch-annotations run that the annotation-count schedule made counts the two
     # annotations and sends the event (nothing else here sends it: no ML backend, no webhook)
-    (event,) = wait_for("the scheduled watcher's event", lambda: ready_events(deployed, project), LOOP_S, deployed=deployed)
+    (event,) = wait_for(
+        "the scheduled watcher's event", lambda: ready_events(deployed, project), LOOP_S, deployed=deployed
+    )
     assert event.payload["source"] == "watch-annotations" and event.payload["pending"] == 2
     with prefect_client(deployed) as c:  # it has done its part: the two cores go to the loop now
         c.pause_deployment(watch)
@@ -258,7 +273,9 @@ def test_annotations_crossing_n_run_the_served_loop_and_the_counting_server_swit
 
     # the decision is in the log: the candidate trained on v0002 was promoted
     (decision,) = [json.loads(line) for line in settings.decision_log.read_text().splitlines()]
-    assert (decision["dataset_version"], decision["champion"], decision["decision"]) == ("v0002", None, "promoted"), decision
+    assert (decision["dataset_version"], decision["champion"], decision["decision"]) == ("v0002", None, "promoted"), (
+        decision
+    )
     candidate = decision["candidate"]
 
     # and the counting server, running all along, answers with the new champion
@@ -267,9 +284,14 @@ def test_annotations_crossing_n_run_the_served_loop_and_the_counting_server_swit
     photo.save(buf, format="PNG")
 
     def counted() -> dict | None:
-        r = httpx.post(f"{deployed.count_url}/count", content=buf.getvalue(), headers={"content-type": "image/png"}, timeout=60)
+        r = httpx.post(
+            f"{deployed.count_url}/count", content=buf.getvalue(), headers={"content-type": "image/png"}, timeout=60
+        )
         return r.json() if r.status_code == 200 and r.json()["model_version"] == candidate else None
 
     answer = wait_for("the counting server to answer with the new champion", counted, SWITCH_S, deployed=deployed)
     assert answer["count"] == len(answer["instances"])
-    assert httpx.get(f"{deployed.count_url}/readyz", timeout=10).json() == {"status": "ready", "model_version": candidate}
+    assert httpx.get(f"{deployed.count_url}/readyz", timeout=10).json() == {
+        "status": "ready",
+        "model_version": candidate,
+    }

@@ -18,9 +18,7 @@ from bookcounter.settings import REPO_ROOT, Settings
 
 def default_crons(settings: Settings) -> Settings:
     """``settings`` with the crons' defaults, whatever the environment says (the file's are those)."""
-    return settings.model_copy(
-        update={k: Settings.model_fields[k].default for k in ("loop_cron", "backup_cron")}
-    )
+    return settings.model_copy(update={k: Settings.model_fields[k].default for k in ("loop_cron", "backup_cron")})
 
 
 def in_repo(entrypoint: str) -> str:

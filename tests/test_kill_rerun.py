@@ -123,7 +123,9 @@ def test_collect_killed_while_writing_a_version(ls_settings: Settings, tmp_path:
     assert not [p.name for p in store.root.iterdir() if p.name.startswith(".tmp-")]  # nothing orphaned
     assert store.verify("v0001") == []
     assert sum(c["images"] for c in store.get("v0001").manifest()["counts"].values()) == 3
-    verify = subprocess.run([BOOKCOUNTER, "dataset", "verify", "v0001"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    verify = subprocess.run(
+        [BOOKCOUNTER, "dataset", "verify", "v0001"], capture_output=True, text=True, cwd=REPO_ROOT, timeout=300
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert collect_flow() is None  # the rerun finished the job: nothing left to collect
 

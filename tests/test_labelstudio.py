@@ -33,7 +33,11 @@ def test_server_runs_and_status_is_seen_from_another_process(labelstudio: Settin
         "BOOKCOUNTER_LS_PORT": str(labelstudio.ls_port),
     }
     out = subprocess.run(
-        [str(Path(sys.executable).parent / "bookcounter"), "labelstudio", "status"], env=env, capture_output=True, text=True, timeout=300
+        [str(Path(sys.executable).parent / "bookcounter"), "labelstudio", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert out.returncode == 0, out.stderr
     assert f"pid {st.pid}" in out.stdout
@@ -90,5 +94,11 @@ def test_cli_collect_with_nothing_new_and_prelabel_without_inbox(ls_settings: Se
     exe = str(Path(sys.executable).parent / "bookcounter")
     out = subprocess.run([exe, "collect"], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and "no new dataset version" in out.stdout, out.stderr
-    out = subprocess.run([exe, "prelabel", "--inbox", str(ls_settings.state_dir / "missing")], env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [exe, "prelabel", "--inbox", str(ls_settings.state_dir / "missing")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 1 and out.stderr.startswith("error: inbox") and "Traceback" not in out.stderr

@@ -62,13 +62,22 @@ def add_task(settings: Settings, project: int, path: Path) -> dict:
 
 
 def kp(x: float, y: float, positive: bool = True) -> dict:
-    return {"type": "keypointlabels", "from_name": "click", "to_name": "image", "is_positive": positive,
-            "value": {"x": x, "y": y, "width": 0.6, "keypointlabels": ["book"]}}
+    return {
+        "type": "keypointlabels",
+        "from_name": "click",
+        "to_name": "image",
+        "is_positive": positive,
+        "value": {"x": x, "y": y, "width": 0.6, "keypointlabels": ["book"]},
+    }
 
 
 def rect(x: float, y: float, w: float, h: float) -> dict:
-    return {"type": "rectanglelabels", "from_name": "box", "to_name": "image",
-            "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": ["book"]}}
+    return {
+        "type": "rectanglelabels",
+        "from_name": "box",
+        "to_name": "image",
+        "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0, "rectanglelabels": ["book"]},
+    }
 
 
 def interactive(settings: Settings, backend_id: int, task_id: int, regions: list[dict]) -> dict:

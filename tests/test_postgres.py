@@ -40,8 +40,11 @@ SEED = 100
 
 def test_each_service_has_one_postgresql_setting(tmp_path: Path) -> None:
     url = "postgresql://bc:s%40cret@db.local:5433/{}"
-    s = Settings(state_dir=tmp_path, mlflow_database_url=url.format("mlflow"),
-                 prefect_database_url="postgres://bc:s%40cret@db.local:5433/prefect")
+    s = Settings(
+        state_dir=tmp_path,
+        mlflow_database_url=url.format("mlflow"),
+        prefect_database_url="postgres://bc:s%40cret@db.local:5433/prefect",
+    )
     assert s.mlflow_tracking_uri == "postgresql+psycopg2://bc:s%40cret@db.local:5433/mlflow"
     assert s.prefect_database_connection_url == "postgresql+asyncpg://bc:s%40cret@db.local:5433/prefect"
     default = Settings(state_dir=tmp_path)  # SQLite stays the default
@@ -96,8 +99,11 @@ def annotate(settings: Settings, truth: dict[str, list]) -> None:
 
 def annotations_in(cluster: Cluster, url: str, project: int) -> list[tuple]:
     """(task id, result) of the project's annotations, read from Label Studio's PostgreSQL database."""
-    return cluster.query(url, "SELECT c.task_id, c.result::text FROM task_completion c JOIN task t ON t.id = c.task_id "
-                              f"WHERE t.project_id = {int(project)} ORDER BY c.id")
+    return cluster.query(
+        url,
+        "SELECT c.task_id, c.result::text FROM task_completion c JOIN task t ON t.id = c.task_id "
+        f"WHERE t.project_id = {int(project)} ORDER BY c.id",
+    )
 
 
 @pytest.mark.labelstudio
@@ -159,8 +165,12 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.labelstudio
 @pytest.mark.postgres
 def test_backup_dumps_the_postgresql_databases_and_restore_loads_them_into_empty_ones(
-    pg_settings: Settings, labelstudio_pg: Settings, postgres: Cluster, tiny_model_dir: Path,
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    pg_settings: Settings,
+    labelstudio_pg: Settings,
+    postgres: Cluster,
+    tiny_model_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     settings = pg_settings
     champion = registry.register(tiny_model_dir).version
@@ -173,8 +183,11 @@ def test_backup_dumps_the_postgresql_databases_and_restore_loads_them_into_empty
     prelabel(settings, masker=Masker(None, None))
     (task_id,) = task_shas(settings, project).values()
     client(settings).annotations.create(id=task_id, result=[brush_result(m) for m in masks], lead_time=3.0)
-    before = {"annotations": annotations_in(postgres, labelstudio_pg.ls_database_url, project),
-              "models": registry.versions(), "champion": registry.champion()}
+    before = {
+        "annotations": annotations_in(postgres, labelstudio_pg.ls_database_url, project),
+        "models": registry.versions(),
+        "champion": registry.champion(),
+    }
     assert len(before["annotations"]) == 1
 
     done = cli("backup", str(tmp_path / "backup"))
@@ -183,14 +196,19 @@ def test_backup_dumps_the_postgresql_databases_and_restore_loads_them_into_empty
     kinds = {rel: f["kind"] for rel, f in manifest["files"].items()}
     assert kinds["postgres/label-studio.dump"] == kinds["postgres/mlflow.dump"] == "pg_dump"
     assert not [rel for rel, kind in kinds.items() if kind == "sqlite"]
-    assert manifest["databases"] == {"label-studio": "postgresql", "mlflow": "postgresql",
-                                     "prefect": "left out (flow-run history)"}
+    assert manifest["databases"] == {
+        "label-studio": "postgresql",
+        "mlflow": "postgresql",
+        "prefect": "left out (flow-run history)",
+    }
 
     registry._clients.clear()
     shutil.rmtree(settings.state_dir)
     # into the database it came from (not empty): refused in one line, and nothing is written
     refused = cli("restore", str(tmp_path / "backup"))
-    assert refused.returncode == 1 and "is not empty" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    assert (
+        refused.returncode == 1 and "is not empty" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    )
     assert not settings.state_dir.exists()
     ls_db, mlflow_db = postgres.create_database("ls_restored"), postgres.create_database("mlflow_restored")
     monkeypatch.setenv("BOOKCOUNTER_LS_DATABASE_URL", ls_db)

@@ -93,7 +93,9 @@ def test_before_any_model_the_sam_point_grid_makes_the_predictions(
         assert pred["model_version"] == "sam-vit_t"
         assert len(pred["result"]) == report.predictions[t["data"]["file_name"]] > 0
         masks = [result_mask(r, 120, 160) for r in pred["result"]]
-        assert all(m.any() and (r["original_width"], r["original_height"]) == (160, 120) for m, r in zip(masks, pred["result"]))
+        assert all(
+            m.any() and (r["original_width"], r["original_height"]) == (160, 120) for m, r in zip(masks, pred["result"])
+        )
         assert all(m.sum() <= relaxed.max_area_frac * 160 * 120 * 1.1 for m in masks)  # the shape filters ran
         assert pred["score"] == pytest.approx(np.mean([r["score"] for r in pred["result"]]), abs=1e-6)
 

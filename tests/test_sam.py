@@ -146,8 +146,16 @@ def test_large_grayscale_and_alpha_photos_give_masks_of_their_size(make_segmente
 
 def test_generate_keeps_only_book_like_non_overlapping_masks(embedded):
     seg, emb = embedded
-    params = BookMaskParams(grid_cols=6, grid_rows=3, pred_iou_thresh=-10, stability_score_thresh=-1,
-                            min_area_frac=0.01, max_area_frac=0.5, min_aspect=1.0, max_aspect=25.0)
+    params = BookMaskParams(
+        grid_cols=6,
+        grid_rows=3,
+        pred_iou_thresh=-10,
+        stability_score_thresh=-1,
+        min_area_frac=0.01,
+        max_area_frac=0.5,
+        min_aspect=1.0,
+        max_aspect=25.0,
+    )
     found = generate_book_masks(seg, emb, params)
     h, w = emb.original_size
     assert found, "with the quality thresholds off, a random model still yields some masks"

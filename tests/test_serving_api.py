@@ -33,9 +33,13 @@ def predictor(tiny_model_dir: Path):
     return Predictor(tiny_model_dir)
 
 
-def test_count_is_what_the_model_finds_with_masks_in_original_pixels(served_champion: Served, predictor, known_photo) -> None:
+def test_count_is_what_the_model_finds_with_masks_in_original_pixels(
+    served_champion: Served, predictor, known_photo
+) -> None:
     photo, books = known_photo
-    r = httpx.post(f"{served_champion.url}/count", files={"image": ("shelf.png", encode(photo), "image/png")}, timeout=60)
+    r = httpx.post(
+        f"{served_champion.url}/count", files={"image": ("shelf.png", encode(photo), "image/png")}, timeout=60
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     expected = predictor.predict(photo)
@@ -65,8 +69,12 @@ def test_the_api_counts_held_out_photos_close_to_their_true_counts(served_champi
     truth = true_counts(gt)
     errors = []
     for im in gt["images"]:
-        r = httpx.post(f"{served_champion.url}/count", content=version.image_path(im).read_bytes(),
-                       headers={"content-type": "image/png"}, timeout=60)
+        r = httpx.post(
+            f"{served_champion.url}/count",
+            content=version.image_path(im).read_bytes(),
+            headers={"content-type": "image/png"},
+            timeout=60,
+        )
         assert r.status_code == 200, r.text
         errors.append(abs(r.json()["count"] - truth[im["id"]]))
     assert sum(errors) / len(errors) <= 0.75, errors

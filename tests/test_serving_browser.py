@@ -17,8 +17,13 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-    "--disable-sync", "--no-first-run", "--disable-quic",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
 ]
 
 
@@ -34,7 +39,9 @@ def browser() -> Iterator[object]:
         b.close()
 
 
-def test_page_counts_an_uploaded_photo_and_draws_its_masks(served_champion: Served, browser, tmp_path: Path, known_photo) -> None:
+def test_page_counts_an_uploaded_photo_and_draws_its_masks(
+    served_champion: Served, browser, tmp_path: Path, known_photo
+) -> None:
     photo, _ = known_photo
     path = tmp_path / "shelf.png"
     photo.resize((384, 384), Image.Resampling.NEAREST).save(path)
@@ -154,7 +161,9 @@ def test_page_without_a_champion_says_how_to_train_one(settings, browser) -> Non
         page.close()
 
 
-def test_page_opened_with_its_api_key_counts_a_photo(served_with_key: Served, browser, tmp_path: Path, known_photo) -> None:
+def test_page_opened_with_its_api_key_counts_a_photo(
+    served_with_key: Served, browser, tmp_path: Path, known_photo
+) -> None:
     photo, _ = known_photo
     path = tmp_path / "shelf.png"
     photo.save(path)
@@ -169,7 +178,11 @@ def test_page_opened_with_its_api_key_counts_a_photo(served_with_key: Served, br
     page.wait_for_selector("#result:not([hidden])", timeout=60_000)
     import httpx
 
-    expected = httpx.post(f"{served_with_key.url}/count", content=path.read_bytes(),
-                          headers={"content-type": "image/png", "x-api-key": API_KEY}, timeout=60).json()
+    expected = httpx.post(
+        f"{served_with_key.url}/count",
+        content=path.read_bytes(),
+        headers={"content-type": "image/png", "x-api-key": API_KEY},
+        timeout=60,
+    ).json()
     assert page.inner_text("#count") == str(expected["count"]) and page.locator("#error").is_hidden()
     page.close()

@@ -156,9 +156,10 @@ def test_the_api_key_is_asked_for_by_the_api_and_the_page(served_with_key: Serve
         assert browser.post("/count", content=GOOD, headers=PNG).status_code == 200
         docs = browser.get(f"/docs?key={API_KEY}&x=1")
         assert docs.status_code == 303 and docs.headers["location"] == "/docs?x=1"
-    assert 'bookcounter_requests_total{route="/count",status="401"}' in httpx.get(
-        f"{url}/metrics", headers={"x-api-key": API_KEY}
-    ).text
+    assert (
+        'bookcounter_requests_total{route="/count",status="401"}'
+        in httpx.get(f"{url}/metrics", headers={"x-api-key": API_KEY}).text
+    )
 
 
 def test_without_a_key_nothing_asks_for_one(served_champion: Served) -> None:
@@ -173,8 +174,13 @@ def serve_output(host: str, env: dict[str, str], state_dir: Path) -> str:
     """What ``bookcounter serve --host HOST`` prints up to and including the line after "serving on"."""
     cli = Path(sys.executable).with_name("bookcounter")
     env = {**os.environ, "BOOKCOUNTER_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1", **env}
-    proc = subprocess.Popen([str(cli), "serve", "--host", host, "--port", str(free_port())], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [str(cli), "serve", "--host", host, "--port", str(free_port())],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     try:
         for line in proc.stdout:

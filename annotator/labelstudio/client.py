@@ -42,7 +42,10 @@ def raw_requests(settings: Settings, timeout: float = 60.0) -> Iterator[HttpClie
     """The SDK's HTTP client (same token, same retries) for endpoints the SDK has no method for."""
     with httpx.Client(timeout=timeout, follow_redirects=True) as http:
         wrapper = SyncClientWrapper(
-            base_url=settings.ls_url, api_key=_token(settings), timeout=timeout, max_retries=MAX_RETRIES,
+            base_url=settings.ls_url,
+            api_key=_token(settings),
+            timeout=timeout,
+            max_retries=MAX_RETRIES,
             httpx_client=http,
         )
         yield wrapper.httpx_client

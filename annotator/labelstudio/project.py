@@ -179,13 +179,20 @@ def ensure_least_sure_tab(settings: Settings, project_id: int) -> int:
     """The project's saved Data Manager tab :data:`LEAST_SURE_TAB`: tasks with no annotation yet,
     lowest prediction ``score`` first (the score is the champion's count confidence, see
     ``bookcounter.uncertainty``). Created once; a re-run finds it (and resets its filter and order)."""
-    return ensure_view(settings, project_id, LEAST_SURE_TAB, {
-        "ordering": ["tasks:predictions_score"],
-        "filters": {
-            "conjunction": "and",
-            "items": [{"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}],
+    return ensure_view(
+        settings,
+        project_id,
+        LEAST_SURE_TAB,
+        {
+            "ordering": ["tasks:predictions_score"],
+            "filters": {
+                "conjunction": "and",
+                "items": [
+                    {"filter": "filter:tasks:total_annotations", "operator": "equal", "type": "Number", "value": 0}
+                ],
+            },
         },
-    })
+    )
 
 
 def set_model_version(settings: Settings, project_id: int, model_version: str) -> None:

@@ -72,9 +72,7 @@ class OnnxDecoder:
         self._no_mask = np.zeros((1, 1, 256, 256), np.float32)
         self._no_mask_flag = np.zeros(1, np.float32)
 
-    def __call__(
-        self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, features: np.ndarray, coords: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``features (1, 256, 64, 64)``, ``coords (B, N, 2)`` in the 1024 px input frame and
         ``labels (B, N)`` (1/0 points, 2/3 box corners, -1 padding) -> logits and IoU."""
         logits, iou = self.session.run(
@@ -119,8 +117,13 @@ def export(sam: Sam, path: Path) -> None:
     with atomic_write(path) as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # TracerWarnings of SAM's own code, harmless here
         torch.onnx.export(
-            model, dummy, str(tmp), dynamo=False, opset_version=OPSET,
-            input_names=list(INPUTS), output_names=list(OUTPUTS),
+            model,
+            dummy,
+            str(tmp),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=list(INPUTS),
+            output_names=list(OUTPUTS),
             dynamic_axes={"point_coords": {0: "prompts", 1: "points"}, "point_labels": {0: "prompts", 1: "points"}},
         )
 
@@ -139,8 +142,9 @@ def load_onnx_decoder(sam: Sam, models_dir: Path, namespace: str, threads: int =
         decoder = OnnxDecoder(path, threads, exported)
     except Exception as e:  # any failure (exporter, disk, corrupt file, runtime) means: stay on PyTorch
         where = f" ({path}; delete it to export again)" if path is not None and path.is_file() else ""
-        log.warning("SAM prompt path stays on PyTorch: ONNX %s failed%s: %s: %s",
-                    stage, where, type(e).__name__, str(e)[:200])
+        log.warning(
+            "SAM prompt path stays on PyTorch: ONNX %s failed%s: %s: %s", stage, where, type(e).__name__, str(e)[:200]
+        )
         return None
     log.info(
         "SAM prompt path on ONNX Runtime (%d intra-op threads): %s%s",

@@ -281,8 +281,13 @@ class Backend:
             raise PromptError("no object found for this prompt; click inside the object or draw a box around it")
         log.info(
             "task %s: %d point(s)%s -> mask of %d px (score %.2f), embedding %s, %.0f ms",
-            task.get("id"), len(prompt.points), " + box" if prompt.box is not None else "",
-            int(mask.sum()), score, embedding, 1000 * (time.perf_counter() - t0),
+            task.get("id"),
+            len(prompt.points),
+            " + box" if prompt.box is not None else "",
+            int(mask.sum()),
+            score,
+            embedding,
+            1000 * (time.perf_counter() - t0),
         )
         return {"result": [brush_result(mask, score)], "score": float(score), "model_version": version}
 
@@ -302,4 +307,3 @@ def load_backend(settings: Settings, champion: DetectorProvider) -> Backend:
     if segmenter is None:
         log.warning("no SAM checkpoint: clicks and boxes are answered by the champion Mask R-CNN")
     return Backend(settings, segmenter, champion)
-

@@ -83,8 +83,16 @@ def start_backend(settings: Settings, timeout: float = START_TIMEOUT_S) -> bool:
     The process gets ``settings`` as ``BOOKCOUNTER_*`` variables, so it runs with exactly these.
     """
     cmd = [
-        sys.executable, "-m", "uvicorn", f"{__name__}:{create_app.__name__}", "--factory",
-        "--host", settings.ml_backend_host, "--port", str(settings.ml_backend_port), "--no-access-log",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        f"{__name__}:{create_app.__name__}",
+        "--factory",
+        "--host",
+        settings.ml_backend_host,
+        "--port",
+        str(settings.ml_backend_port),
+        "--no-access-log",
     ]
     env = {
         f"BOOKCOUNTER_{k.upper()}": v if isinstance(v, str) else json.dumps(v)

@@ -178,8 +178,16 @@ class TinyViTBlock(nn.Module):
 class BasicLayer(nn.Module):
     """Stages 1-3: TinyViT blocks, then (except the last stage) patch merging."""
 
-    def __init__(self, dim: int, input_resolution: tuple[int, int], depth: int, num_heads: int, window_size: int,
-                 mlp_ratio: float, out_dim: int | None):
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float,
+        out_dim: int | None,
+    ):
         super().__init__()
         self.blocks = nn.ModuleList(
             TinyViTBlock(dim, input_resolution, num_heads, window_size, mlp_ratio) for _ in range(depth)
