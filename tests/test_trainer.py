@@ -59,18 +59,15 @@ def test_predictor_finds_books_in_original_coordinates(tiny_model_dir: Path) -> 
     assert predictor.masks_for_boxes(big, np.zeros((0, 4))).shape == (0, big.height, big.width)
 
 
+def _perfect(gt: dict) -> list[dict]:
+    """Detections that are the ground truth itself, scored 1."""
+    keys = ("image_id", "segmentation", "bbox")
+    return [{**{k: a[k] for k in keys}, "category_id": 1, "score": 1.0} for a in gt["annotations"]]
+
+
 def test_perfect_prediction_scores_ap_one_and_mae_zero(tiny_dataset) -> None:
     gt = tiny_dataset.version.coco("test")
-    perfect = [
-        {
-            "image_id": a["image_id"],
-            "category_id": 1,
-            "segmentation": a["segmentation"],
-            "bbox": a["bbox"],
-            "score": 1.0,
-        }
-        for a in gt["annotations"]
-    ]
+    perfect = _perfect(gt)
     m = metrics(gt, perfect, threshold=0.5)
     assert m["segm_AP"] == pytest.approx(1.0) and m["bbox_AP"] == pytest.approx(1.0)
     assert m["segm_AP50"] == pytest.approx(1.0)
@@ -246,15 +243,6 @@ def test_pycocotools_progress_lines_stay_out_of_the_logs(tiny_dataset, monkeypat
     printed: list[tuple] = []
     monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: printed.append(args))
     gt = tiny_dataset.version.coco("test")
-    perfect = [
-        {
-            "image_id": a["image_id"],
-            "category_id": 1,
-            "segmentation": a["segmentation"],
-            "bbox": a["bbox"],
-            "score": 1.0,
-        }
-        for a in gt["annotations"]
-    ]
+    perfect = _perfect(gt)
     assert metrics(gt, perfect, threshold=0.5)["segm_AP"] == pytest.approx(1.0)
     assert printed == []
