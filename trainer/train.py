@@ -57,15 +57,12 @@ class TrainConfig(Config):
         "imagenet"  # none | imagenet | coco | champion (the retrain policy, see retrain_policy) | a checkpoint file
     )
     frozen_stages: int = Field(2, ge=0)  # with pretrained weights: the stem and this many stages stay as loaded
-    view_p: float = Field(
-        0.25, ge=0, le=1
-    )  # share of training photos cropped to another shape (trainer.data.random_view)
-    sparse_p: float = Field(
-        0.1, ge=0, le=1
-    )  # share replaced by a sparse scene on a book-free background (trainer.data.sparse_scene)
-    pile_p: float = Field(
-        0.0, ge=0, le=1
-    )  # share replaced by whole books cover-on beside clutter (trainer.data.pile_scene)
+    # shares of training photos that become another view (trainer.data): a crop of another shape
+    # (random_view), a sparse scene on a book-free background (sparse_scene), whole books cover-on
+    # beside clutter (pile_scene)
+    view_p: float = Field(0.25, ge=0, le=1)
+    sparse_p: float = Field(0.1, ge=0, le=1)
+    pile_p: float = Field(0.0, ge=0, le=1)
     threads: int = Field(0, ge=0)  # 0: every core (see cpu_threads)
     # A safety cap, never the recipe: the run is sized by ``epochs`` (the LR schedule follows
     # the iterations), and stops early, mid-epoch if need be, only when this much wall-clock
