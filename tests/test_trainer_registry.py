@@ -19,7 +19,7 @@ def own_model_name(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureReque
     """A registered-model name of this test's own (same MLflow store), the tiny dataset as the store."""
     name = f"test-{request.node.name}"
     monkeypatch.setenv("BOOKCOUNTER_REGISTERED_MODEL_NAME", name)
-    monkeypatch.setattr(DatasetStore, "from_settings", classmethod(lambda cls: tiny_dataset.store))
+    monkeypatch.setattr(DatasetStore, "from_settings", classmethod(lambda cls, settings: tiny_dataset.store))
     get_settings.cache_clear()
     yield name
     get_settings.cache_clear()

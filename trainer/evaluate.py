@@ -107,10 +107,11 @@ def predicted_counts(
 
 
 def choose_whole_books(
-    predictor, version: DatasetVersion, val_results: list[dict[str, Any]], seed: int = SPARSE_SEED
+    predictor, version: DatasetVersion, val_results: list[dict[str, Any]], level: float, seed: int = SPARSE_SEED
 ) -> bool:
     """Whether the model counts better on val and its sparse scenes (those of the operating point)
-    when a detection mostly inside a larger one is a fragment, not a book."""
+    when a detection mostly inside a larger one is a fragment, not a book: as the promotion gate
+    judges, the whole paired bootstrap interval at ``level`` must say so."""
     from trainer.data import photos_with_masks, sparse_scene
     from trainer.predictor import whole_books
 
@@ -124,7 +125,8 @@ def choose_whole_books(
         truth.append(len(books))
         plain.append(len(found))
         whole.append(len(whole_books([f.mask for f in found])))
-    return count_errors(truth, whole)["count_mae"] < count_errors(truth, plain)["count_mae"]
+    errors = [[abs(c - t) for c, t in zip(counts, truth)] for counts in (whole, plain)]
+    return paired_bootstrap(*errors, level)["hi"] < 0
 
 
 def count_errors(true: list[int], pred: list[int]) -> dict[str, float]:

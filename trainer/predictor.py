@@ -21,7 +21,8 @@ from trainer.model import DEFAULT_NMS_IOU, ModelConfig, build_model, load_checkp
 # Counting rule for sparse scenes (docs/recipe.md "Few books, whole books"): where at most
 # SPARSE_MAX books are counted, a detection whose mask lies at least CONTAINED inside a larger
 # counted one is a fragment of that book (one book split into strips), not a book of its own.
-# A model uses it when it counts better with it on val (model.json ``whole_books``).
+# A model uses it when the paired bootstrap says it counts better so on val and its sparse scenes
+# (model.json ``whole_books``, trainer.evaluate.choose_whole_books).
 SPARSE_MAX, CONTAINED = 10, 0.8
 
 

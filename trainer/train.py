@@ -462,7 +462,8 @@ def train_and_save(
         predictor.set_nms_iou(meta["nms_iou"])
         detections = detect(predictor, result.version, "val", progress)
         predictor.threshold = meta["threshold"]
-        meta["whole_books"] = predictor.whole_books = choose_whole_books(predictor, result.version, detections)
+        level = get_settings().promote_confidence
+        meta["whole_books"] = predictor.whole_books = choose_whole_books(predictor, result.version, detections, level)
         meta["metrics"] = {
             f"val_{k}": v for k, v in metrics(val, detections, meta["threshold"], meta["whole_books"]).items()
         }
