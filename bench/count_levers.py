@@ -24,8 +24,7 @@ import numpy as np
 
 from bookcounter.dataset_store import DatasetStore
 from bookcounter.settings import get_settings
-from trainer.data import crop, photos_with_masks, pile_scene, sparse_scene
-from trainer.evaluate import DENSITY_BANDS, SHAPE_CHECK_SEED
+from trainer.evaluate import DENSITY_BANDS, shape_scenes
 from trainer.predictor import Predictor
 
 
@@ -57,19 +56,10 @@ def main() -> None:
     )
     version = DatasetStore.from_settings(get_settings()).get(args.dataset)
     rows: dict[str, list[tuple[int, dict[str, int]]]] = defaultdict(list)
-    for i, (photo, masks) in enumerate(photos_with_masks(version, args.split)):
-        band = next(name for name, lo, hi in DENSITY_BANDS if lo <= len(masks) <= hi)
-        rows[f"{args.split} {band}"].append((len(masks), counts(predictor, big, photo, args)))
-        w, h = photo.size
-        sh = round(w / 3)
-        strip, strip_masks = crop(photo, masks, (0, (h - sh) // 2, w, (h - sh) // 2 + sh))
-        rows["strips"].append((len(strip_masks), counts(predictor, big, strip, args)))
-        for k in range(3):
-            scene, scene_masks = sparse_scene(photo, masks, np.random.default_rng(SHAPE_CHECK_SEED + 3 * i + k))
-            rows["sparse"].append((len(scene_masks), counts(predictor, big, scene, args)))
-        for k in range(2):
-            scene, scene_masks = pile_scene(photo, masks, np.random.default_rng(SHAPE_CHECK_SEED + 5000 + 2 * i + k))
-            rows["piles"].append((len(scene_masks), counts(predictor, big, scene, args)))
+    for shape, photo, n in shape_scenes(version, args.split):
+        if shape == args.split:
+            shape = f"{args.split} {next(name for name, lo, hi in DENSITY_BANDS if lo <= n <= hi)}"
+        rows[shape].append((n, counts(predictor, big, photo, args)))
     levers = ["detections", "whole books", "upscale"]
     table = {}
     print(f"{'photos':>14} {'n':>4} " + " ".join(f"{lever:>16}" for lever in levers))

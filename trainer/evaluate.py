@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL.Image
 from tqdm import tqdm
 
 from bookcounter import masks as rle
@@ -340,32 +342,39 @@ def by_density(per_image: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def shape_checks(predictor, version: DatasetVersion, split: str = "val") -> dict[str, dict[str, float]]:
-    """Count errors on photos unlike the sample's squares, made from ``split``'s photos.
+def shape_scenes(version: DatasetVersion, split: str = "val") -> Iterator[tuple[str, PIL.Image.Image, int]]:
+    """(shape, photo, true count) for photos unlike the sample's squares, made from ``split``'s photos.
 
     ``strips``: the middle 3:1 strip of each photo, a book kept if a person would still count it
     (:func:`trainer.data.crop`); ``sparse``: 0-6 of each photo's books on a book-free background
     (3 per photo, seeds apart from the operating point's, :func:`trainer.data.sparse_scene`);
     ``piles``: 1-5 whole books cover-on beside clutter (2 per photo, :func:`trainer.data.pile_scene`).
+    The photo itself comes first, as shape ``split``.
     """
     from trainer.data import crop, photos_with_masks, pile_scene, sparse_scene
 
-    truth: dict[str, list[int]] = {"strips": [], "sparse": [], "piles": []}
-    pred: dict[str, list[int]] = {"strips": [], "sparse": [], "piles": []}
     for i, (photo, masks) in enumerate(photos_with_masks(version, split)):
+        yield split, photo, len(masks)
         w, h = photo.size
         sh = round(w / 3)
         strip, strip_masks = crop(photo, masks, (0, (h - sh) // 2, w, (h - sh) // 2 + sh))
-        truth["strips"].append(len(strip_masks))
-        pred["strips"].append(len(predictor.predict(strip)))
+        yield "strips", strip, len(strip_masks)
         for k in range(3):
-            scene, scene_masks = sparse_scene(photo, masks, np.random.default_rng(SHAPE_CHECK_SEED + 3 * i + k))
-            truth["sparse"].append(len(scene_masks))
-            pred["sparse"].append(len(predictor.predict(scene)))
+            scene, books = sparse_scene(photo, masks, np.random.default_rng(SHAPE_CHECK_SEED + 3 * i + k))
+            yield "sparse", scene, len(books)
         for k in range(2):
-            scene, scene_masks = pile_scene(photo, masks, np.random.default_rng(SHAPE_CHECK_SEED + 5000 + 2 * i + k))
-            truth["piles"].append(len(scene_masks))
-            pred["piles"].append(len(predictor.predict(scene)))
+            scene, books = pile_scene(photo, masks, np.random.default_rng(SHAPE_CHECK_SEED + 5000 + 2 * i + k))
+            yield "piles", scene, len(books)
+
+
+def shape_checks(predictor, version: DatasetVersion, split: str = "val") -> dict[str, dict[str, float]]:
+    """Count errors on the :func:`shape_scenes` made from ``split``'s photos (strips, sparse, piles)."""
+    truth: dict[str, list[int]] = {"strips": [], "sparse": [], "piles": []}
+    pred: dict[str, list[int]] = {"strips": [], "sparse": [], "piles": []}
+    for shape, photo, n in shape_scenes(version, split):
+        if shape in truth:
+            truth[shape].append(n)
+            pred[shape].append(len(predictor.predict(photo)))
     return {
         name: {**count_errors(truth[name], pred[name]), "photos": len(truth[name]), "books": sum(truth[name])}
         for name in truth
