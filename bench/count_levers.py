@@ -3,7 +3,8 @@
 For each photo of val (by density band) and of the shape checks made from val (strips, sparse
 scenes, piles: ``trainer.evaluate.shape_checks``' scenes), the count with each lever:
 - ``detections``: every detection at the counting threshold counts;
-- ``whole books``: as the product counts (``Predictor.predict``): where the photo looks sparse, a
+- ``whole books``: the product's rule (``Predictor.predict`` applies it when model.json's
+  ``whole_books`` says so): where the photo looks sparse, a
   detection whose mask lies mostly inside a larger counted one is a fragment, not a book
   (``trainer.predictor.whole_books``): one book split into strips counts once;
 - ``upscale``: where the photo looks dense (more than ``--dense-min`` books counted), count again
@@ -25,15 +26,17 @@ import numpy as np
 from bookcounter.dataset_store import DatasetStore
 from bookcounter.settings import get_settings
 from trainer.evaluate import DENSITY_BANDS, shape_scenes
-from trainer.predictor import Predictor
+from trainer.predictor import Predictor, whole_books
 
 
 def counts(predictor: Predictor, big: Predictor, photo, args) -> dict[str, int]:
-    n = len(predictor.predict(photo))
+    """Each lever's count of ``photo``, whatever the model's own ``whole_books`` says."""
+    found = predictor.predict(photo, threshold=predictor.threshold)
+    n = len(found)
     return {
-        "detections": len(predictor.predict(photo, threshold=predictor.threshold)),
-        "whole books": n,
-        "upscale": len(big.predict(photo)) if n > args.dense_min else n,
+        "detections": n,
+        "whole books": len(whole_books([f.mask for f in found])),
+        "upscale": len(big.predict(photo, threshold=big.threshold)) if n > args.dense_min else n,
     }
 
 
